@@ -1,0 +1,1 @@
+"""Servers, allocations, operations; provisioning, power and termination; the portal REST API."""

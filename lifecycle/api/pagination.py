@@ -1,0 +1,8 @@
+"""Page-number pagination shaped {count, next, previous, results}."""
+from rest_framework.pagination import PageNumberPagination
+
+
+class ServerPagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200

@@ -1,0 +1,125 @@
+"""API input and output shapes. Input serializers check types; the service checks the catalog."""
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ..catalog import DEV_RUNTIMES, PLANS
+from ..choices import DesiredState, InstanceStatus, Kind, OperationKind, OperationState, Variant
+from ..models import ContainerInstance, Operation
+
+
+class StrictInputSerializer(serializers.Serializer):
+    """Refuses fields it does not know, so a typo is an error, not a silently ignored value."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+        errors = {name: ["Unknown field."] for name in sorted(set(data) - set(self.fields))}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            errors.update(exc.detail if isinstance(exc.detail, dict) else {})
+            raise serializers.ValidationError(errors) from exc
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+class ServerCreateInput(StrictInputSerializer):
+    name = serializers.CharField(
+        max_length=64, help_text="DNS label: 3-32 lowercase letters, digits, hyphens."
+    )
+    kind = serializers.ChoiceField(choices=Kind.choices)
+    plan = serializers.ChoiceField(choices=list(PLANS))
+    variant = serializers.ChoiceField(choices=Variant.choices, required=False, allow_blank=True,
+                                      help_text="Game servers only.")
+    version = serializers.CharField(max_length=32, required=False, allow_blank=True,
+                                    help_text="Game servers only, e.g. 1.21.1.")
+    runtime = serializers.ChoiceField(choices=list(DEV_RUNTIMES), required=False,
+                                      allow_blank=True, help_text="Dev containers only.")
+    runtime_version = serializers.CharField(max_length=16, required=False, allow_blank=True,
+                                            help_text="Dev containers only.")
+    enable_code_server = serializers.BooleanField(required=False, default=False,
+                                                  help_text="Dev containers only.")
+
+
+class OperationBriefSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    kind = serializers.ChoiceField(choices=OperationKind.choices)
+    state = serializers.ChoiceField(choices=OperationState.choices)
+
+
+class OperationSerializer(serializers.ModelSerializer):
+    server = serializers.UUIDField(source="instance_id", read_only=True)
+
+    class Meta:
+        model = Operation
+        fields = ("id", "server", "kind", "state", "step", "attempt", "error", "created_at",
+                  "started_at", "finished_at")
+        read_only_fields = fields
+
+
+class ServerSerializer(serializers.ModelSerializer):
+    node = serializers.SerializerMethodField()
+    status = serializers.ChoiceField(choices=InstanceStatus.choices, read_only=True)
+    desired_state = serializers.ChoiceField(choices=DesiredState.choices, read_only=True)
+    ports = serializers.DictField(child=serializers.IntegerField(), read_only=True)
+    operation = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ContainerInstance
+        fields = (
+            "id", "name", "slug", "kind", "variant", "version", "plan", "memory_mb", "cores",
+            "disk_gb", "runtime", "runtime_version", "enable_code_server", "status",
+            "desired_state", "suspended", "node", "vmid", "ip", "ports", "last_error",
+            "created_at", "updated_at", "deleted_at", "purge_after", "operation",
+        )
+        read_only_fields = fields
+
+    def get_node(self, obj) -> str | None:
+        return obj.node.name if obj.node_id else None
+
+    @staticmethod
+    def _last_operation(obj):
+        op = getattr(obj, "_operation", None)
+        if op is not None:
+            return {"id": op.id, "kind": op.kind, "state": op.state}
+        if getattr(obj, "last_op_id", None):
+            return {"id": obj.last_op_id, "kind": obj.last_op_kind, "state": obj.last_op_state}
+        return None
+
+    def get_operation(self, obj) -> OperationBriefSerializer(allow_null=True):  # type: ignore[valid-type]
+        data = self._last_operation(obj)
+        return OperationBriefSerializer(data).data if data else None
+
+
+class ObservationSerializer(serializers.Serializer):
+    state = serializers.CharField(help_text="'unknown' until an observation exists")
+    observed_at = serializers.DateTimeField(allow_null=True)
+
+
+class ServerStatusSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=InstanceStatus.choices)
+    desired_state = serializers.ChoiceField(choices=DesiredState.choices)
+    status_changed_at = serializers.DateTimeField()
+    power = ObservationSerializer()
+    agent = ObservationSerializer()
+    edge = ObservationSerializer()
+    last_error = serializers.JSONField(allow_null=True)
+    operation = OperationSerializer(allow_null=True)
+
+
+class QuotaSerializer(serializers.Serializer):
+    max_servers = serializers.IntegerField()
+    max_memory_mb = serializers.IntegerField()
+    used_servers = serializers.IntegerField()
+    used_memory_mb = serializers.IntegerField()
+    available_servers = serializers.IntegerField()
+    available_memory_mb = serializers.IntegerField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))

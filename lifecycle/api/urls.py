@@ -1,0 +1,14 @@
+"""URLs of the portal API (mounted at /api/v1/)."""
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from .views import OperationDetailView, QuotaView, ServerViewSet
+
+router = SimpleRouter(trailing_slash=False)
+router.register("servers", ServerViewSet, basename="server")
+
+urlpatterns = [
+    path("operations/<uuid:pk>", OperationDetailView.as_view(), name="operation-detail"),
+    path("me/quota", QuotaView.as_view(), name="me-quota"),
+    *router.urls,
+]

@@ -1,0 +1,134 @@
+"""Portal API views: parse input, call a service or selector, shape the answer."""
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import selectors
+from ..models import Operation
+from ..services.accounts import quota_ensure, quota_usage
+from ..services.servers import server_create
+from .serializers import (
+    ErrorSerializer,
+    OperationSerializer,
+    QuotaSerializer,
+    ServerCreateInput,
+    ServerSerializer,
+    ServerStatusSerializer,
+)
+from .throttling import CreateThrottle, UserBurstThrottle
+
+_ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Invalid input"),
+    401: OpenApiResponse(ErrorSerializer, description="Not authenticated"),
+    404: OpenApiResponse(ErrorSerializer, description="Not found"),
+    429: OpenApiResponse(ErrorSerializer, description="Throttled"),
+}
+IDEMPOTENCY_PARAM = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="Retrying with the same key and body returns the same server; the same key "
+                "with another body is refused with 422.",
+)
+
+
+class ServerViewSet(viewsets.GenericViewSet):
+    serializer_class = ServerSerializer
+    lookup_value_regex = r"[0-9a-fA-F-]{32,36}"
+
+    def get_queryset(self):
+        return selectors.server_list_for(user=self.request.user)
+
+    def get_throttles(self):
+        if self.action == "create":
+            return [UserBurstThrottle(), CreateThrottle()]
+        return super().get_throttles()
+
+    def _get_server(self, pk):
+        server = selectors.server_get_for(user=self.request.user, server_id=pk)
+        if server is None:
+            raise NotFound("No such server.")
+        return server
+
+    @extend_schema(responses={200: ServerSerializer(many=True), **_ERRORS})
+    def list(self, request):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(ServerSerializer(page, many=True).data)
+
+    @extend_schema(responses={200: ServerSerializer, **_ERRORS})
+    def retrieve(self, request, pk=None):
+        return Response(ServerSerializer(self._get_server(pk)).data)
+
+    @extend_schema(
+        request=ServerCreateInput,
+        parameters=[IDEMPOTENCY_PARAM],
+        responses={
+            202: ServerSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="Quota exceeded or name taken"),
+            422: OpenApiResponse(ErrorSerializer, description="Idempotency-Key reused"),
+            503: OpenApiResponse(ErrorSerializer, description="No capacity"),
+            **_ERRORS,
+        },
+    )
+    def create(self, request):
+        body = ServerCreateInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        result = server_create(
+            owner=request.user,
+            data=body.validated_data,
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
+        server = result.instance
+        server._operation = result.operation
+        headers = {"Location": f"/api/v1/servers/{server.id}"}
+        if not result.created:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(ServerSerializer(server).data, status=status.HTTP_202_ACCEPTED,
+                        headers=headers)
+
+    @extend_schema(responses={200: ServerStatusSerializer, **_ERRORS})
+    @action(detail=True, methods=["get"], url_path="status")
+    def status_detail(self, request, pk=None):
+        server = self._get_server(pk)
+        op = Operation.objects.filter(instance_id=server.id).order_by("-created_at").first()
+        unknown = {"state": "unknown", "observed_at": None}
+        data = {
+            "id": server.id,
+            "status": server.status,
+            "desired_state": server.desired_state,
+            "status_changed_at": server.status_changed_at,
+            "power": unknown,
+            "agent": unknown,
+            "edge": unknown,
+            "last_error": server.last_error,
+            "operation": OperationSerializer(op).data if op else None,
+        }
+        return Response(ServerStatusSerializer(data).data)
+
+
+class OperationDetailView(APIView):
+    @extend_schema(responses={200: OperationSerializer, **_ERRORS})
+    def get(self, request, pk):
+        op = selectors.operation_get_for(user=request.user, operation_id=pk)
+        if op is None:
+            raise NotFound("No such operation.")
+        return Response(OperationSerializer(op).data)
+
+
+class QuotaView(APIView):
+    @extend_schema(responses={200: QuotaSerializer, 401: _ERRORS[401]})
+    def get(self, request):
+        quota = quota_ensure(user=request.user)
+        used = quota_usage(user_id=request.user.pk)
+        return Response(QuotaSerializer({
+            "max_servers": quota.max_servers,
+            "max_memory_mb": quota.max_memory_mb,
+            "used_servers": used.servers,
+            "used_memory_mb": used.memory_mb,
+            "available_servers": max(0, quota.max_servers - used.servers),
+            "available_memory_mb": max(0, quota.max_memory_mb - used.memory_mb),
+        }).data)

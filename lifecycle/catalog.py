@@ -1,0 +1,55 @@
+"""What can be ordered: plans and their sizes, game versions per variant, dev runtimes, the ports
+each kind needs, and names nobody may take. One place, read by validation and placement.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .choices import Kind, Plan, Variant
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    memory_mb: int
+    cores: int
+    disk_gb: int
+
+
+PLANS: dict[str, PlanSpec] = {
+    Plan.VANILLA: PlanSpec(memory_mb=2048, cores=2, disk_gb=8),
+    Plan.MODDED: PlanSpec(memory_mb=4096, cores=2, disk_gb=16),
+    Plan.HEAVY: PlanSpec(memory_mb=8192, cores=4, disk_gb=32),
+}
+
+GAME_VERSIONS: dict[str, tuple[str, ...]] = {
+    Variant.VANILLA: ("1.20.1", "1.20.4", "1.20.6", "1.21", "1.21.1", "1.21.4"),
+    Variant.FABRIC: ("1.20.1", "1.20.4", "1.20.6", "1.21", "1.21.1", "1.21.4"),
+    Variant.PAPER: ("1.20.4", "1.20.6", "1.21.1", "1.21.4"),
+}
+
+DEV_RUNTIMES: dict[str, tuple[str, ...]] = {
+    "python": ("3.11", "3.12", "3.13"),
+    "node": ("20", "22"),
+    "go": ("1.22", "1.23"),
+    "java": ("17", "21"),
+}
+
+#: Ports claimed from the node's pool for each kind, by role.
+PORT_ROLES: dict[str, tuple[str, ...]] = {
+    Kind.GAME: ("game",),
+    Kind.DEV: ("ide",),
+}
+
+#: Names that would collide with our own hostnames or routes.
+RESERVED_NAMES = frozenset(
+    {
+        "www", "api", "app", "admin", "panel", "portal", "status", "mail", "smtp", "imap", "pop",
+        "ftp", "ns", "ns1", "ns2", "ns3", "dns", "mc", "play", "join", "proxy", "velocity", "lobby",
+        "hub", "dev", "ide", "code", "git", "cdn", "static", "assets", "media", "docs", "help",
+        "support", "billing", "auth", "login", "oauth", "sso", "zlh", "zerolaghub", "root",
+        "localhost", "test", "staging", "prod", "internal", "node", "pve", "proxmox", "grafana",
+        "prometheus", "metrics", "discord", "webhook",
+    }
+)
+#: Prefixes used by routes we generate (`dev-<vmid>` for dev containers).
+RESERVED_PREFIXES = ("dev-", "xn--", "zlh-")

@@ -1,0 +1,115 @@
+"""Enumerations of the lifecycle app, with the named state groups code asks about.
+
+Code never compares against literal lists of states: it asks "is it in LIVE_STATUSES",
+"is it in ACTIVE_OPERATION_STATES".
+"""
+from __future__ import annotations
+
+from django.db import models
+
+
+class Kind(models.TextChoices):
+    GAME = "game", "Game server"
+    DEV = "dev", "Dev container"
+
+
+class Variant(models.TextChoices):
+    VANILLA = "vanilla", "Vanilla"
+    FABRIC = "fabric", "Fabric"
+    PAPER = "paper", "Paper"
+
+
+class Plan(models.TextChoices):
+    VANILLA = "vanilla", "Vanilla"
+    MODDED = "modded", "Modded"
+    HEAVY = "heavy", "Heavy"
+
+
+class InstanceStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROVISIONING = "provisioning", "Provisioning"
+    RUNNING = "running", "Running"
+    STOPPING = "stopping", "Stopping"
+    STOPPED = "stopped", "Stopped"
+    STARTING = "starting", "Starting"
+    RESTARTING = "restarting", "Restarting"
+    FAILED = "failed", "Failed"
+    MISSING = "missing", "Missing"
+    DELETING = "deleting", "Deleting"
+    DELETED = "deleted", "Deleted"
+    RESTORING = "restoring", "Restoring"
+    PURGING = "purging", "Purging"
+    PURGED = "purged", "Purged"
+
+
+S = InstanceStatus
+#: States a worker is in the middle of; each has a deadline the reconciler watches.
+TRANSIENT_STATUSES = frozenset(
+    {S.PROVISIONING, S.STOPPING, S.STARTING, S.RESTARTING, S.DELETING, S.RESTORING, S.PURGING}
+)
+#: The server exists for its owner (not soft-deleted, not purged).
+LIVE_STATUSES = frozenset(
+    {S.PENDING, S.PROVISIONING, S.RUNNING, S.STOPPING, S.STOPPED, S.STARTING, S.RESTARTING,
+     S.FAILED, S.MISSING}
+)
+#: Soft-deleted and on the way out.
+DELETED_STATUSES = frozenset({S.DELETING, S.DELETED, S.RESTORING, S.PURGING})
+#: Nothing more happens; the row is a tombstone.
+TERMINAL_STATUSES = frozenset({S.PURGED})
+#: Statuses that hold allocations and count against an account's quota.
+QUOTA_STATUSES = frozenset(set(S) - TERMINAL_STATUSES)
+
+
+class DesiredState(models.TextChoices):
+    RUNNING = "running", "Running"
+    STOPPED = "stopped", "Stopped"
+    DELETED = "deleted", "Deleted"
+    PURGED = "purged", "Purged"
+
+
+class OperationKind(models.TextChoices):
+    PROVISION = "provision", "Provision"
+    START = "start", "Start"
+    STOP = "stop", "Stop"
+    RESTART = "restart", "Restart"
+    DELETE = "delete", "Delete"
+    RESTORE = "restore", "Restore"
+    PURGE = "purge", "Purge"
+
+
+class OperationState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    STALE = "stale", "Stale"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+#: An operation in these states holds its instance's active slot.
+ACTIVE_OPERATION_STATES = frozenset({OperationState.QUEUED, OperationState.RUNNING})
+TERMINAL_OPERATION_STATES = frozenset(
+    {OperationState.SUCCEEDED, OperationState.FAILED, OperationState.STALE,
+     OperationState.CANCELLED}
+)
+
+
+class PoolKind(models.TextChoices):
+    VMID = "vmid", "VMID"
+    IP = "ip", "Container IP"
+    PORT = "port", "Port"
+
+
+class AllocationState(models.TextChoices):
+    FREE = "free", "Free"
+    CLAIMED = "claimed", "Claimed"
+    QUARANTINED = "quarantined", "Quarantined"
+    #: Found in use outside our control (e.g. a foreign container on a VMID); never handed out.
+    CONFLICTED = "conflicted", "Conflicted"
+
+
+class ActorKind(models.TextChoices):
+    USER = "user", "API user"
+    ADMIN = "admin", "Admin user"
+    SYSTEM = "system", "System"
+    RECONCILER = "reconciler", "Reconciler"

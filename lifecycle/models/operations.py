@@ -1,0 +1,62 @@
+"""Operation: one row per unit of work on a server, the receipt for every 202 we answer."""
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+from ..choices import ACTIVE_OPERATION_STATES, OperationKind, OperationState
+
+__all__ = ("Operation",)
+
+
+class Operation(models.Model):
+    # Also the Celery task id. Celery does not deduplicate by it: the claim on this row does.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    instance = models.ForeignKey(
+        "lifecycle.ContainerInstance", on_delete=models.CASCADE, related_name="operations"
+    )
+    kind = models.CharField(max_length=16, choices=OperationKind.choices)
+    state = models.CharField(
+        max_length=12, choices=OperationState.choices, default=OperationState.QUEUED
+    )
+    # The instance id while queued or running, NULL after: a unique key that lets the database,
+    # not our code, refuse a second active operation on one instance.
+    active_slot = models.UUIDField(null=True, blank=True, unique=True, editable=False)
+    step = models.CharField(max_length=32, blank=True, help_text="last checkpoint reached")
+    attempt = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=255, blank=True, help_text="who holds the claim")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    requested_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            # The slot is held exactly while the operation is active.
+            models.CheckConstraint(
+                condition=(
+                    models.Q(state__in=sorted(ACTIVE_OPERATION_STATES), active_slot__isnull=False)
+                    | (
+                        ~models.Q(state__in=sorted(ACTIVE_OPERATION_STATES))
+                        & models.Q(active_slot__isnull=True)
+                    )
+                ),
+                name="operation_active_slot_iff_active",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=("state", "lease_expires_at"), name="operation_state_lease_idx"),
+            models.Index(fields=("instance", "created_at"), name="operation_instance_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id} ({self.state})"
+
+    @property
+    def celery_task_id(self) -> str:
+        return str(self.id)

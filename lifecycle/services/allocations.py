@@ -1,0 +1,103 @@
+"""Claiming values from VMID / IP / port pools with row locks, and creating the pools."""
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Case, Value, When
+from django.db.models.functions import Now
+
+from ..choices import AllocationState, PoolKind
+from ..models import Allocation, AllocationPool
+
+VMID_POOL_NAME = "vmid"
+_BULK = 2000
+
+
+def allocation_lock_free(*, pool_id: int, count: int) -> list[tuple[int, int]]:
+    """Lock up to `count` free values of one pool, lowest first; returns (row id, value) pairs.
+
+    `FOR UPDATE SKIP LOCKED`: concurrent creates each get different rows without waiting for
+    one another. Must run inside the caller's transaction; the rows stay locked until it ends.
+    """
+    return list(
+        Allocation.objects.select_for_update(skip_locked=True)
+        .filter(pool_id=pool_id, state=AllocationState.FREE)
+        .order_by("value")
+        .values_list("id", "value")[:count]
+    )
+
+
+def allocation_bind(*, roles_by_row: dict[int, str], instance_id: Any) -> None:
+    """Mark locked rows claimed by `instance_id`, each with its role, in one UPDATE."""
+    if not roles_by_row:
+        return
+    changed = Allocation.objects.filter(
+        pk__in=list(roles_by_row), state=AllocationState.FREE
+    ).update(
+        state=AllocationState.CLAIMED,
+        instance_id=instance_id,
+        claimed_at=Now(),
+        released_at=None,
+        quarantine_until=None,
+        role=Case(*(When(pk=pk, then=Value(role)) for pk, role in roles_by_row.items())),
+    )
+    if changed != len(roles_by_row):
+        # Impossible while the rows are locked by us; fail loudly rather than half-claim.
+        raise RuntimeError(f"claimed {changed} of {len(roles_by_row)} locked allocation rows")
+
+
+def _bulk_add(pool: AllocationPool, values: Iterable[int]) -> int:
+    """Add values to a pool; values already there are left as they are. Returns rows added."""
+    before = Allocation.objects.filter(pool=pool).count()
+    batch: list[Allocation] = []
+    for value in values:
+        batch.append(Allocation(pool=pool, value=value))
+        if len(batch) >= _BULK:
+            Allocation.objects.bulk_create(batch, ignore_conflicts=True)
+            batch = []
+    if batch:
+        Allocation.objects.bulk_create(batch, ignore_conflicts=True)
+    return Allocation.objects.filter(pool=pool).count() - before
+
+
+@transaction.atomic
+def vmid_pool_ensure(*, start: int, end: int) -> tuple[AllocationPool, int]:
+    """Make sure the cluster-wide VMID pool holds start..end (inclusive). Idempotent."""
+    if not 100 <= start <= end <= 999_999_999:
+        raise ValueError("VMIDs must satisfy 100 <= start <= end <= 999999999")
+    pool, _ = AllocationPool.objects.get_or_create(
+        name=VMID_POOL_NAME, defaults={"kind": PoolKind.VMID, "node": None}
+    )
+    return pool, _bulk_add(pool, range(start, end + 1))
+
+
+def ip_pool_ensure(*, node: Any, first: str, last: str) -> tuple[AllocationPool, int]:
+    net = node.network
+    lo, hi = ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
+    if lo > hi or lo not in net or hi not in net:
+        raise ValueError(f"IP range {first}-{last} must lie inside {net}")
+    skip = {int(net.network_address), int(net.broadcast_address), int(ipaddress.IPv4Address(node.gateway))}
+    pool, _ = AllocationPool.objects.get_or_create(
+        node=node, kind=PoolKind.IP, defaults={"name": f"{node.name}-ip"}
+    )
+    return pool, _bulk_add(pool, (v for v in range(int(lo), int(hi) + 1) if v not in skip))
+
+
+def port_pool_ensure(*, node: Any) -> tuple[AllocationPool, int]:
+    pool, _ = AllocationPool.objects.get_or_create(
+        node=node, kind=PoolKind.PORT, defaults={"name": f"{node.name}-port"}
+    )
+    return pool, _bulk_add(pool, range(node.port_range_start, node.port_range_end + 1))
+
+
+def pool_ids_for_nodes(node_ids: Sequence[int]) -> dict[tuple[int, str], int]:
+    """(node id, pool kind) -> pool id, for the node-scoped pools of the given nodes."""
+    return {
+        (node_id, kind): pk
+        for pk, node_id, kind in AllocationPool.objects.filter(node_id__in=node_ids).values_list(
+            "id", "node_id", "kind"
+        )
+    }

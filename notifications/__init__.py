@@ -1,0 +1,1 @@
+"""Discord notifications: per-channel webhooks, durable outbox, redaction, dedupe (DESIGN §7)."""

@@ -1,0 +1,207 @@
+"""Settings for the ZLH control plane, read from the environment (django-environ).
+
+Every value has a local default that works with `deploy/services.sh` on one machine; production
+sets the variables documented in `deploy/env.example`. Secrets (SECRET_KEY, tokens, webhook URLs,
+passwords) are only ever read from the environment.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+# ---------------------------------------------------------------------------------------------
+# Core
+# ---------------------------------------------------------------------------------------------
+DEBUG = env.bool("DEBUG", default=False)
+# The default key is only good for a laptop; production settings refuse to start without one.
+SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-zlh-key-do-not-use-in-production")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_celery_beat",
+    "notifications",
+    "edge",
+    "lifecycle",
+    "reconciler",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "lifecycle.api.middleware.ApiBodySizeLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "zlh.urls"
+WSGI_APPLICATION = "zlh.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# ---------------------------------------------------------------------------------------------
+# Database: MariaDB >= 10.6 (SKIP LOCKED), InnoDB, READ COMMITTED, utf8mb4.
+# ---------------------------------------------------------------------------------------------
+DATABASE_URL = env.str("DATABASE_URL", default="mysql://zlh:zlh@127.0.0.1:3306/zlh")
+_db = env.db_url_config(DATABASE_URL)
+_db.setdefault("OPTIONS", {})
+_db["OPTIONS"].update(
+    {
+        "charset": "utf8mb4",
+        "isolation_level": "read committed",
+        # Short lock waits: a create that waits longer is retried as a whole (see lifecycle.db).
+        "init_command": (
+            "SET sql_mode='STRICT_TRANS_TABLES', "
+            f"innodb_lock_wait_timeout={env.int('DB_LOCK_WAIT_TIMEOUT', default=20)}"
+        ),
+        "connect_timeout": 10,
+    }
+)
+_db["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+_db["CONN_HEALTH_CHECKS"] = True
+_db["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# ---------------------------------------------------------------------------------------------
+# Redis: Celery broker, throttling cache. Ephemeral by design (DESIGN §1.2).
+# ---------------------------------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=5.0)
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "zlh",
+        "OPTIONS": {
+            "socket_timeout": REDIS_SOCKET_TIMEOUT,
+            "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+        },
+    }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Celery (zlh/celery.py reads every CELERY_* name below).
+# ---------------------------------------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_RESULT_BACKEND = None  # results live on Operation rows, not in Redis
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "lifecycle"
+# Longer than the longest task (an operation is bounded by OPERATION_MAX_SECONDS); redelivery
+# after this is harmless because every task claims its row first (DESIGN §1.4).
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=2 * 3600)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+    "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = "UTC"
+# A publish that cannot reach Redis fails fast instead of hanging the request; the operation row
+# stays queued and the sweeper re-enqueues it.
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=5.0)
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5}
+
+# ---------------------------------------------------------------------------------------------
+# REST API
+# ---------------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["lifecycle.api.auth.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "lifecycle.api.pagination.ServerPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "lifecycle.api.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "lifecycle.api.throttling.UserBurstThrottle",
+        "lifecycle.api.throttling.AnonBurstThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env.str("API_THROTTLE_USER", default="600/min"),
+        "anon": env.str("API_THROTTLE_ANON", default="60/min"),
+        "create": env.str("API_THROTTLE_CREATE", default="60/min"),
+    },
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+# Bodies above this are refused with 413 before any parsing (the API takes small JSON only).
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=16 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ZeroLagHub control plane API",
+    "DESCRIPTION": "Portal API: create and manage game servers and dev containers.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+}
+
+# ---------------------------------------------------------------------------------------------
+# Platform policy
+# ---------------------------------------------------------------------------------------------
+ZLH_DEFAULT_MAX_SERVERS = env.int("ZLH_DEFAULT_MAX_SERVERS", default=3)
+ZLH_DEFAULT_MAX_MEMORY_MB = env.int("ZLH_DEFAULT_MAX_MEMORY_MB", default=16384)
+# Released VMIDs/IPs/ports wait this long before reuse (VMIDs also need Proxmox to confirm).
+ZLH_QUARANTINE_SECONDS = env.int("ZLH_QUARANTINE_SECONDS", default=24 * 3600)
+ZLH_SOFT_DELETE_WINDOW_SECONDS = env.int("ZLH_SOFT_DELETE_WINDOW_SECONDS", default=24 * 3600)
+# Whole-transaction retries on deadlock (1213) / lock wait timeout (1205).
+ZLH_DB_RETRY_ATTEMPTS = env.int("ZLH_DB_RETRY_ATTEMPTS", default=6)
+
+# ---------------------------------------------------------------------------------------------
+# Misc
+# ---------------------------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,17 @@
+"""Root URLs: the portal API under /api/v1, its schema and docs, health probes, the admin."""
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from lifecycle.api import health
+
+urlpatterns = [
+    path("api/v1/", include("lifecycle.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("api/v1/healthz", health.healthz),
+    path("api/v1/readyz", health.readyz),
+    path("admin/", admin.site.urls),
+]
