@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 
-from .models import ContainerInstance, Operation
+from .choices import QUOTA_STATUSES, AllocationState, PoolKind
+from .models import Allocation, ContainerInstance, Node, Operation
 
 
 def _with_last_operation(qs: QuerySet[ContainerInstance]) -> QuerySet[ContainerInstance]:
@@ -35,3 +36,29 @@ def operation_get_for(*, user: Any, operation_id: Any) -> Operation | None:
     if not user.is_staff:
         qs = qs.filter(instance__owner_id=user.pk)
     return qs.filter(pk=operation_id).first()
+
+
+def node_capacity_list() -> list[dict[str, Any]]:
+    """Every node with its memory use, free IPs/ports and server count (three queries)."""
+    free = Allocation.objects.filter(state=AllocationState.FREE, pool__node__isnull=False)
+    free_counts = {
+        (node_id, kind): n
+        for node_id, kind, n in free.values_list("pool__node_id", "pool__kind")
+        .annotate(n=Count("id")).values_list("pool__node_id", "pool__kind", "n")
+    }
+    servers = dict(
+        ContainerInstance.objects.filter(status__in=QUOTA_STATUSES, node__isnull=False)
+        .values_list("node_id").annotate(n=Count("id")).values_list("node_id", "n")
+    )
+    return [
+        {
+            "name": node.name,
+            "enabled": node.enabled,
+            "memory_mb": node.memory_mb,
+            "allocated_memory_mb": node.allocated_memory_mb,
+            "free_ips": free_counts.get((node.id, PoolKind.IP), 0),
+            "free_ports": free_counts.get((node.id, PoolKind.PORT), 0),
+            "servers": servers.get(node.id, 0),
+        }
+        for node in Node.objects.all()
+    ]

@@ -15,3 +15,6 @@ urlpatterns = [
     path("api/v1/readyz", health.readyz),
     path("admin/", admin.site.urls),
 ]
+
+handler404 = "lifecycle.api.errors.handler404"
+handler500 = "lifecycle.api.errors.handler500"

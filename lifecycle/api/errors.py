@@ -78,3 +78,23 @@ def api_exception_handler(exc, context):
     return Response(error_body("internal_error", "Something went wrong on our side; it has been "
                                                  "logged."),
                     status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+def handler404(request, exception=None):
+    """JSON 404 for API paths that match no route; Django's page elsewhere."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body("not_found", "No such resource."), status=404)
+    return page_not_found(request, exception)
+
+
+def handler500(request):
+    from django.http import JsonResponse
+    from django.views.defaults import server_error
+
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body("internal_error", "Something went wrong on our side; it "
+                                                         "has been logged."), status=500)
+    return server_error(request)

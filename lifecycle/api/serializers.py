@@ -25,19 +25,28 @@ class StrictInputSerializer(serializers.Serializer):
         return value
 
 
+class StrictCharField(serializers.CharField):
+    """A string field that refuses numbers and booleans instead of quietly converting them."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class ServerCreateInput(StrictInputSerializer):
-    name = serializers.CharField(
+    name = StrictCharField(
         max_length=64, help_text="DNS label: 3-32 lowercase letters, digits, hyphens."
     )
     kind = serializers.ChoiceField(choices=Kind.choices)
     plan = serializers.ChoiceField(choices=list(PLANS))
     variant = serializers.ChoiceField(choices=Variant.choices, required=False, allow_blank=True,
                                       help_text="Game servers only.")
-    version = serializers.CharField(max_length=32, required=False, allow_blank=True,
+    version = StrictCharField(max_length=32, required=False, allow_blank=True,
                                     help_text="Game servers only, e.g. 1.21.1.")
     runtime = serializers.ChoiceField(choices=list(DEV_RUNTIMES), required=False,
                                       allow_blank=True, help_text="Dev containers only.")
-    runtime_version = serializers.CharField(max_length=16, required=False, allow_blank=True,
+    runtime_version = StrictCharField(max_length=16, required=False, allow_blank=True,
                                             help_text="Dev containers only.")
     enable_code_server = serializers.BooleanField(required=False, default=False,
                                                   help_text="Dev containers only.")
@@ -123,3 +132,13 @@ class ErrorSerializer(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
     fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+
+
+class NodeSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    enabled = serializers.BooleanField()
+    memory_mb = serializers.IntegerField()
+    allocated_memory_mb = serializers.IntegerField()
+    free_ips = serializers.IntegerField()
+    free_ports = serializers.IntegerField()
+    servers = serializers.IntegerField()

@@ -2,7 +2,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from .views import OperationDetailView, QuotaView, ServerViewSet
+from .views import NodeListView, OperationDetailView, QuotaView, ServerViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("servers", ServerViewSet, basename="server")
@@ -10,5 +10,6 @@ router.register("servers", ServerViewSet, basename="server")
 urlpatterns = [
     path("operations/<uuid:pk>", OperationDetailView.as_view(), name="operation-detail"),
     path("me/quota", QuotaView.as_view(), name="me-quota"),
+    path("nodes", NodeListView.as_view(), name="node-list"),
     *router.urls,
 ]

@@ -1,11 +1,14 @@
 """Portal API views: parse input, call a service or selector, shape the answer."""
 from __future__ import annotations
 
+import uuid
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
+from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -15,6 +18,7 @@ from ..services.accounts import quota_ensure, quota_usage
 from ..services.servers import server_create
 from .serializers import (
     ErrorSerializer,
+    NodeSerializer,
     OperationSerializer,
     QuotaSerializer,
     ServerCreateInput,
@@ -49,7 +53,11 @@ class ServerViewSet(viewsets.GenericViewSet):
         return super().get_throttles()
 
     def _get_server(self, pk):
-        server = selectors.server_get_for(user=self.request.user, server_id=pk)
+        try:
+            server_id = uuid.UUID(str(pk))
+        except ValueError:
+            raise NotFound("No such server.") from None
+        server = selectors.server_get_for(user=self.request.user, server_id=server_id)
         if server is None:
             raise NotFound("No such server.")
         return server
@@ -132,3 +140,14 @@ class QuotaView(APIView):
             "available_servers": max(0, quota.max_servers - used.servers),
             "available_memory_mb": max(0, quota.max_memory_mb - used.memory_mb),
         }).data)
+
+
+class NodeListView(APIView):
+    """Staff only: capacity and free pool values per node."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses={200: NodeSerializer(many=True), 401: _ERRORS[401],
+                              403: OpenApiResponse(ErrorSerializer, description="Staff only")})
+    def get(self, request):
+        return Response(NodeSerializer(selectors.node_capacity_list(), many=True).data)

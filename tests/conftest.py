@@ -1,0 +1,40 @@
+"""Shared fixtures: a clean test Redis, a seeded platform, API users."""
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from tests.support import broker
+from tests.support.platform import make_user, seed_platform
+
+
+@pytest.fixture(autouse=True)
+def clean_redis():
+    """Every test starts with an empty broker/cache database (a Redis db of the tests' own)."""
+    broker.flush()
+    yield
+
+
+@pytest.fixture
+def platform(db):
+    return seed_platform()
+
+
+@pytest.fixture
+def api():
+    return APIClient()
+
+
+@pytest.fixture
+def alice(db):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db):
+    return make_user("bob")
+
+
+@pytest.fixture
+def staff(db):
+    return make_user("operator", staff=True)

@@ -1,0 +1,47 @@
+"""Workloads run inside child processes (see procs.run_parallel). Plain functions, JSON in/out."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+
+def create_servers(*, token: str, requests: list[dict[str, Any]], threads: int = 1,
+                   ) -> list[dict[str, Any]]:
+    """POST /api/v1/servers for each {"body", "key"} through the full API stack, using
+    `threads` threads (each with its own DB connection) released together by a barrier."""
+    from django.db import connection
+    from rest_framework.test import APIClient
+
+    results: list[dict[str, Any] | None] = [None] * len(requests)
+    barrier = threading.Barrier(threads)
+
+    def run(indices: list[int]) -> None:
+        client = APIClient()
+        try:
+            barrier.wait(timeout=60)
+            for i in indices:
+                req = requests[i]
+                headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+                if req.get("key"):
+                    headers["HTTP_IDEMPOTENCY_KEY"] = req["key"]
+                resp = client.post("/api/v1/servers", req["body"], format="json", **headers)
+                body = resp.json()
+                results[i] = {
+                    "status": resp.status_code,
+                    "id": body.get("id"),
+                    "operation": (body.get("operation") or {}).get("id"),
+                    "code": body.get("code"),
+                    "replayed": resp.headers.get("Idempotent-Replayed") == "true",
+                }
+        finally:
+            connection.close()
+
+    chunks = [list(range(t, len(requests), threads)) for t in range(threads)]
+    workers = [threading.Thread(target=run, args=(chunk,)) for chunk in chunks]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=600)
+    if any(w.is_alive() for w in workers):
+        raise RuntimeError("a request thread did not finish within 600 s")
+    return results
