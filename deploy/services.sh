@@ -56,9 +56,18 @@ apt_install() {
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 want=()
-for p in default-libmysqlclient-dev pkg-config gcc python3-dev python3-venv; do
+for p in default-libmysqlclient-dev pkg-config gcc make; do
   have_pkg "$p" || want+=("$p")
 done
+# Python 3.11+ with venv and headers (mysqlclient compiles a C extension).
+PY="${PYTHON:-python3}"
+if ! command -v "$PY" >/dev/null 2>&1; then
+  want+=(python3 python3-venv python3-dev)
+else
+  "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || want+=(python3-venv)
+  "$PY" -c 'import os, sysconfig; p = sysconfig.get_paths()["include"]; raise SystemExit(not os.path.exists(os.path.join(p, "Python.h")))' \
+    || want+=(python3-dev)
+fi
 command -v mariadb >/dev/null 2>&1 || want+=(mariadb-client)
 command -v redis-cli >/dev/null 2>&1 || want+=(redis-tools)
 if is_local "$DB_HOST"; then

@@ -36,9 +36,10 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def run_parallel(target: str, args_list: list[dict[str, Any]], *, timeout: float = 300,
-                 env: dict[str, str] | None = None) -> list[Any]:
+                 env: dict[str, str] | None = None,
+                 timing: dict[str, float] | None = None) -> list[Any]:
     """Start one process per entry of `args_list` running `target(**args)`; return results in
-    the same order."""
+    the same order. `timing`, if given, receives the monotonic times of GO and of the end."""
     env = env or child_env()
     procs = []
     for args in args_list:
@@ -56,6 +57,8 @@ def run_parallel(target: str, args_list: list[dict[str, Any]], *, timeout: float
             line = _readline(p, deadline)
             if line.strip() != "READY":
                 raise AssertionError(f"child did not get ready: {line!r}\n{_stderr(p)}")
+        if timing is not None:
+            timing["go"] = time.monotonic()
         for p in procs:
             p.stdin.write("GO\n")
             p.stdin.flush()
@@ -69,6 +72,8 @@ def run_parallel(target: str, args_list: list[dict[str, Any]], *, timeout: float
             if not lines:
                 raise AssertionError(f"child printed no result:\n{out[-2000:]}\n{err[-4000:]}")
             results.append(json.loads(lines[-1][len("RESULT "):]))
+        if timing is not None:
+            timing["done"] = time.monotonic()
         return results
     finally:
         for p in procs:

@@ -1,0 +1,40 @@
+# ZLH control plane: the two commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test services venv migrate check bench clean-venv
+
+## Run the whole system on this machine (Ctrl-C stops everything it started).
+demo: services venv migrate
+	$(PY) -m devstack.demo
+
+## Set everything up and run the whole suite against real MariaDB, Redis and workers.
+test: services venv
+	$(PY) manage.py check --fail-level WARNING
+	$(PY) manage.py makemigrations --check --dry-run >/dev/null || \
+	  { echo "models and migrations disagree: run makemigrations"; exit 1; }
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## MariaDB and Redis running locally (installed from Debian packages if missing).
+services:
+	bash deploy/services.sh
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+migrate: venv
+	$(PY) manage.py migrate --noinput
+
+bench: services venv
+	$(PY) bench/create_storm.py
+
+clean-venv:
+	rm -rf $(VENV)
