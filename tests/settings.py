@@ -18,3 +18,7 @@ os.environ.setdefault("API_THROTTLE_CREATE", "100000/min")
 os.environ.setdefault("API_THROTTLE_ANON", "100000/min")
 
 from zlh.settings import *  # noqa: E402,F401,F403
+
+# Serve static files from the apps' folders (no collectstatic needed in tests).
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
