@@ -54,3 +54,10 @@ class InvalidTransition(Exception):
 
 class TransitionConflict(Exception):
     """The row was not in the expected state (someone else moved it first)."""
+
+
+class InvalidState(LifecycleError):
+    """The server is not in a state that allows this action."""
+
+    code = "invalid_state"
+    http_status = 409

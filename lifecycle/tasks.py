@@ -5,7 +5,28 @@ from celery import shared_task
 
 
 @shared_task(name="lifecycle.execute_operation", acks_late=True, ignore_result=True)
-def execute_operation(operation_id: str) -> None:
+def execute_operation(operation_id: str) -> str:
     from .services.operations import operation_execute
 
-    operation_execute(operation_id=operation_id)
+    return operation_execute(operation_id=operation_id)
+
+
+@shared_task(name="lifecycle.sweep_operations", ignore_result=True)
+def sweep_operations() -> dict:
+    from .services.sweeper import operation_sweep
+
+    return operation_sweep()
+
+
+@shared_task(name="lifecycle.purge_due", ignore_result=True)
+def purge_due() -> int:
+    from .services.sweeper import server_purge_due
+
+    return server_purge_due()
+
+
+@shared_task(name="lifecycle.release_quarantine", ignore_result=True)
+def release_quarantine() -> dict:
+    from .services.sweeper import quarantine_release
+
+    return quarantine_release()

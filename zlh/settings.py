@@ -184,6 +184,52 @@ ZLH_SOFT_DELETE_WINDOW_SECONDS = env.int("ZLH_SOFT_DELETE_WINDOW_SECONDS", defau
 ZLH_DB_RETRY_ATTEMPTS = env.int("ZLH_DB_RETRY_ATTEMPTS", default=6)
 
 # ---------------------------------------------------------------------------------------------
+# Proxmox (DESIGN §9): API-token auth; internal address from settings, never a player domain.
+# ---------------------------------------------------------------------------------------------
+PROXMOX_URL = env.str("PROXMOX_URL", default="https://127.0.0.1:8006")
+PROXMOX_TOKEN_ID = env.str("PROXMOX_TOKEN_ID", default="root@pam!zlh")
+PROXMOX_TOKEN_SECRET = env.str("PROXMOX_TOKEN_SECRET", default="")
+# true, false, or the path of a CA bundle to verify the node's certificate with.
+PROXMOX_VERIFY_SSL = env.str("PROXMOX_VERIFY_SSL", default="true")
+# Proxmox legitimately blocks 5-10 s on a config lock: never less than 30 s in production.
+PROXMOX_TIMEOUT = env.float("PROXMOX_TIMEOUT", default=30.0)
+PROXMOX_OSTEMPLATE = env.str(
+    "PROXMOX_OSTEMPLATE", default="local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
+)
+PROXMOX_STORAGE = env.str("PROXMOX_STORAGE", default="local-lvm")
+PROXMOX_BRIDGE = env.str("PROXMOX_BRIDGE", default="vmbr0")
+# Bound on waiting for one Proxmox task (create, start, shutdown, destroy).
+PROXMOX_TASK_TIMEOUT = env.float("PROXMOX_TASK_TIMEOUT", default=300.0)
+
+# ---------------------------------------------------------------------------------------------
+# The agent inside each container. {ip} and {vmid} are filled in per server.
+# ---------------------------------------------------------------------------------------------
+AGENT_URL_TEMPLATE = env.str("AGENT_URL_TEMPLATE", default="http://{ip}:18888")
+AGENT_TOKEN = env.str("AGENT_TOKEN", default="")
+AGENT_TIMEOUT = env.float("AGENT_TIMEOUT", default=5.0)
+# How long provisioning waits for the agent to answer, and for the server to become ready.
+AGENT_WAIT_SECONDS = env.float("AGENT_WAIT_SECONDS", default=180.0)
+READY_WAIT_SECONDS = env.float("READY_WAIT_SECONDS", default=900.0)
+# Graceful stop: seconds the game gets to save, then the container's shutdown timeout.
+GAME_STOP_WAIT_SECONDS = env.float("GAME_STOP_WAIT_SECONDS", default=60.0)
+CONTAINER_SHUTDOWN_TIMEOUT = env.int("CONTAINER_SHUTDOWN_TIMEOUT", default=60)
+# Velocity "modern forwarding" secret, written into FabricProxy-Lite.toml / paper-global.yml.
+VELOCITY_FORWARDING_SECRET = env.str("VELOCITY_FORWARDING_SECRET", default="")
+
+# ---------------------------------------------------------------------------------------------
+# Operations: claims, leases, retries, sweeping
+# ---------------------------------------------------------------------------------------------
+# A worker holds an operation for this long unless it renews; then another may take it over.
+OPERATION_LEASE_SECONDS = env.float("OPERATION_LEASE_SECONDS", default=90.0)
+OPERATION_MAX_ATTEMPTS = env.int("OPERATION_MAX_ATTEMPTS", default=6)
+# Retry backoff for retryable errors: base * 2**attempt, capped (kept short: no long countdowns).
+OPERATION_RETRY_BASE_SECONDS = env.float("OPERATION_RETRY_BASE_SECONDS", default=2.0)
+OPERATION_RETRY_MAX_SECONDS = env.float("OPERATION_RETRY_MAX_SECONDS", default=60.0)
+# A queued operation whose message was sent longer ago than this is sent again by the sweeper.
+OPERATION_REENQUEUE_AFTER_SECONDS = env.float("OPERATION_REENQUEUE_AFTER_SECONDS", default=60.0)
+SWEEP_INTERVAL_SECONDS = env.int("SWEEP_INTERVAL_SECONDS", default=30)
+
+# ---------------------------------------------------------------------------------------------
 # Misc
 # ---------------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -142,3 +142,9 @@ class NodeSerializer(serializers.Serializer):
     free_ips = serializers.IntegerField()
     free_ports = serializers.IntegerField()
     servers = serializers.IntegerField()
+
+
+class RestoreInput(StrictInputSerializer):
+    target = serializers.ChoiceField(choices=[("running", "Running"), ("stopped", "Stopped")],
+                                     required=False, default="running",
+                                     help_text="The state the server ends in.")

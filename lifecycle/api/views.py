@@ -15,9 +15,13 @@ from rest_framework.views import APIView
 from .. import selectors
 from ..models import Operation
 from ..services.accounts import quota_ensure, quota_usage
+from ..choices import OperationKind
+from ..services.actions import server_request
+from ..services.audit import Actor
 from ..services.servers import server_create
 from .serializers import (
     ErrorSerializer,
+    RestoreInput,
     NodeSerializer,
     OperationSerializer,
     QuotaSerializer,
@@ -33,6 +37,9 @@ _ERRORS = {
     404: OpenApiResponse(ErrorSerializer, description="Not found"),
     429: OpenApiResponse(ErrorSerializer, description="Throttled"),
 }
+_ERRORS[403] = OpenApiResponse(ErrorSerializer, description="Not allowed")
+_CONFLICT = OpenApiResponse(ErrorSerializer, description="Not allowed in this state, or an "
+                                                         "operation is in progress")
 IDEMPOTENCY_PARAM = OpenApiParameter(
     "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
     description="Retrying with the same key and body returns the same server; the same key "
@@ -116,6 +123,58 @@ class ServerViewSet(viewsets.GenericViewSet):
             "operation": OperationSerializer(op).data if op else None,
         }
         return Response(ServerStatusSerializer(data).data)
+
+
+    # --- actions: each answers 202 with the operation that carries it out ------------------
+    def _act(self, request, pk, kind, params=None):
+        server = self._get_server(pk)
+        op = server_request(instance_id=server.id, kind=kind,
+                            actor=Actor.for_user(request.user), params=params)
+        return Response(OperationSerializer(op).data, status=status.HTTP_202_ACCEPTED,
+                        headers={"Location": f"/api/v1/operations/{op.id}"})
+
+    @extend_schema(request=None, responses={202: OperationSerializer, 409: _CONFLICT, **_ERRORS})
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        return self._act(request, pk, OperationKind.START)
+
+    @extend_schema(request=None, responses={202: OperationSerializer, 409: _CONFLICT, **_ERRORS})
+    @action(detail=True, methods=["post"])
+    def stop(self, request, pk=None):
+        """Graceful: the game saves the world, the container shuts down cleanly."""
+        return self._act(request, pk, OperationKind.STOP)
+
+    @extend_schema(request=None, responses={202: OperationSerializer, 409: _CONFLICT, **_ERRORS})
+    @action(detail=True, methods=["post"])
+    def restart(self, request, pk=None):
+        return self._act(request, pk, OperationKind.RESTART)
+
+    @extend_schema(request=None, responses={202: OperationSerializer, 409: _CONFLICT, **_ERRORS})
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """Provision a failed server again (it keeps its name, VMID, IP and ports)."""
+        return self._act(request, pk, OperationKind.PROVISION)
+
+    @extend_schema(request=RestoreInput, responses={202: OperationSerializer, 409: _CONFLICT,
+                                                    **_ERRORS})
+    @action(detail=True, methods=["post"])
+    def restore(self, request, pk=None):
+        """Bring back a soft-deleted server within its window."""
+        body = RestoreInput(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        return self._act(request, pk, OperationKind.RESTORE, params=body.validated_data)
+
+    @extend_schema(request=None, responses={202: OperationSerializer, 409: _CONFLICT,
+                                            403: _ERRORS[403], **_ERRORS})
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser])
+    def purge(self, request, pk=None):
+        """Staff: destroy a deleted server now and release its allocations to quarantine."""
+        return self._act(request, pk, OperationKind.PURGE)
+
+    @extend_schema(responses={202: OperationSerializer, 409: _CONFLICT, **_ERRORS})
+    def destroy(self, request, pk=None):
+        """Soft delete: stopped and unpublished now, restorable for 24 h, then purged."""
+        return self._act(request, pk, OperationKind.DELETE)
 
 
 class OperationDetailView(APIView):

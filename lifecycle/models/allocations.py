@@ -51,6 +51,8 @@ class Allocation(models.Model):
     claimed_at = models.DateTimeField(null=True, blank=True)
     released_at = models.DateTimeField(null=True, blank=True)
     quarantine_until = models.DateTimeField(null=True, blank=True)
+    # VMIDs leave quarantine only once Proxmox has been seen not to have them.
+    verified_absent_at = models.DateTimeField(null=True, blank=True)
     note = models.CharField(max_length=255, blank=True)
 
     class Meta:

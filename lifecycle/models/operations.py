@@ -28,6 +28,14 @@ class Operation(models.Model):
     worker = models.CharField(max_length=255, blank=True, help_text="who holds the claim")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
+    # Options of the request (e.g. the state a restore should end in).
+    params = models.JSONField(default=dict, blank=True)
+    # What the worker did, step by step (redacted, bounded): readable in the admin.
+    log = models.JSONField(default=list, blank=True)
+    # When the last Celery message for it was sent; the sweeper re-sends lost ones.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    # A retry waits until then (short backoff), instead of a long Celery countdown.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
     requested_by = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -101,3 +101,60 @@ def pool_ids_for_nodes(node_ids: Sequence[int]) -> dict[tuple[int, str], int]:
             "id", "node_id", "kind"
         )
     }
+
+
+@transaction.atomic
+def allocation_replace_vmid(*, instance_id: Any, old_vmid: int, actor: Any, reason: str) -> int:
+    """Mark `old_vmid` conflicted (never handed out again) and claim another VMID for the
+    server, in one transaction. Raises CapacityExhausted when the pool is empty."""
+    from ..errors import CapacityExhausted
+    from ..models import ContainerInstance
+    from .audit import audit_record
+
+    inst = ContainerInstance.objects.select_for_update().get(pk=instance_id)
+    if inst.vmid != old_vmid:
+        return inst.vmid  # another attempt already moved it
+    pool_id = AllocationPool.objects.get(name=VMID_POOL_NAME).pk
+    Allocation.objects.filter(pool_id=pool_id, value=old_vmid).update(
+        state=AllocationState.CONFLICTED, instance=None, note=reason[:255], released_at=Now())
+    rows = allocation_lock_free(pool_id=pool_id, count=1)
+    if not rows:
+        raise CapacityExhausted("No VMID is free to replace a conflicted one.")
+    row_id, new_vmid = rows[0]
+    allocation_bind(roles_by_row={row_id: "vmid"}, instance_id=inst.id)
+    ContainerInstance.objects.filter(pk=inst.pk).update(vmid=new_vmid)
+    audit_record(actor=actor, instance_id=inst.id, action="vmid:conflict",
+                 data={"old_vmid": old_vmid, "new_vmid": new_vmid, "reason": reason})
+    return new_vmid
+
+
+def allocation_release_to_quarantine(*, instance_id: Any) -> int:
+    """Put every value the server holds into quarantine; call inside the purge transaction."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    now = timezone.now()
+    return Allocation.objects.filter(instance_id=instance_id,
+                                     state=AllocationState.CLAIMED).update(
+        state=AllocationState.QUARANTINED, released_at=now, verified_absent_at=None,
+        quarantine_until=now + timedelta(seconds=settings.ZLH_QUARANTINE_SECONDS))
+
+
+def allocation_release_quarantined(*, present_vmids: set[int] | None) -> dict[str, int]:
+    """Free quarantined values whose quarantine is over. VMIDs need Proxmox's word too:
+    `present_vmids` is what /cluster/resources lists (None = Proxmox unknown: keep VMIDs)."""
+    from django.utils import timezone
+
+    now = timezone.now()
+    due = Allocation.objects.filter(state=AllocationState.QUARANTINED, quarantine_until__lte=now)
+    freed = due.exclude(pool__kind=PoolKind.VMID).update(
+        state=AllocationState.FREE, instance=None, role="", quarantine_until=None)
+    vmids = 0
+    if present_vmids is not None:
+        vmid_rows = due.filter(pool__kind=PoolKind.VMID)
+        vmids = vmid_rows.exclude(value__in=present_vmids).update(
+            state=AllocationState.FREE, instance=None, role="", quarantine_until=None,
+            verified_absent_at=now)
+    return {"freed": freed, "vmids_freed": vmids}

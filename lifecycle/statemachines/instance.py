@@ -20,12 +20,14 @@ from ..services.audit import Actor, audit_record
 #: status -> statuses it may move to.
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.PENDING: frozenset({S.PROVISIONING, S.FAILED, S.DELETING}),
-    S.PROVISIONING: frozenset({S.RUNNING, S.FAILED}),
+    # Transient states can be deleted too: a delete is only accepted when no operation is
+    # active, so a server left in one of them is stuck, not busy.
+    S.PROVISIONING: frozenset({S.RUNNING, S.FAILED, S.DELETING}),
     S.RUNNING: frozenset({S.STOPPING, S.RESTARTING, S.DELETING, S.MISSING, S.STOPPED}),
-    S.STOPPING: frozenset({S.STOPPED, S.RUNNING}),
+    S.STOPPING: frozenset({S.STOPPED, S.RUNNING, S.DELETING}),
     S.STOPPED: frozenset({S.STARTING, S.DELETING, S.MISSING, S.RUNNING}),
-    S.STARTING: frozenset({S.RUNNING, S.STOPPED}),
-    S.RESTARTING: frozenset({S.RUNNING, S.STOPPED}),
+    S.STARTING: frozenset({S.RUNNING, S.STOPPED, S.DELETING}),
+    S.RESTARTING: frozenset({S.RUNNING, S.STOPPED, S.DELETING}),
     # A failed provision can be retried, or deleted.
     S.FAILED: frozenset({S.PROVISIONING, S.DELETING}),
     # Reported by the reconciler; the operator decides (recreate = provision again, or delete).

@@ -1,0 +1,130 @@
+"""Proxmox VE for the devstack: `fakepve` (PVE's API, status codes and wording) with our `/_sim/`
+controls on the same HTTPS port.
+
+Beyond the shared faults: a node offline, a held config lock, a task that ends in `TASK ERROR`,
+the time scale, and a read-only view of the containers for tests.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from fakepve.model import TaskError
+from fakepve.server import FakePve
+
+from .sim import Fault, FaultTable, add_sim_routes, fault_middleware, json_response
+
+OSTEMPLATE_STORAGE = "local"
+OSTEMPLATE_NAME = "debian-12-standard_12.7-1_amd64.tar.zst"
+OSTEMPLATE = f"{OSTEMPLATE_STORAGE}:vztmpl/{OSTEMPLATE_NAME}"
+
+
+def _pve_error(fault: Fault) -> web.Response:
+    """An injected failure the way PVE sends one: the text in the reason phrase and the body."""
+    body = fault.body
+    message = str(body.get("message", body) if isinstance(body, dict) else body or "")
+    message = message.splitlines()[0][:200] if message.strip() else "injected failure"
+    return web.json_response({"data": None, "message": message + "\n"}, status=fault.status,
+                             reason=message)
+
+
+class DevPve(FakePve):
+    """FakePve with the devstack's control API."""
+
+    def __init__(self, *args: Any, nodes: tuple[str, ...] = ("pve1", "pve2"),
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sim_table = FaultTable()
+        self.task_faults: list[dict[str, Any]] = []
+        self.node_names = nodes
+        self._setup_world()
+
+    def _setup_world(self) -> None:
+        self.nodes = {name: {"online": True} for name in self.node_names}
+        self.store_file(OSTEMPLATE_STORAGE, OSTEMPLATE_NAME, 128 * 1024**2, content="vztmpl")
+        # PVE seconds the container tasks take (scaled by time_scale; nothing at 0).
+        self.ct_secs.update(create=4, destroy=2)
+
+    def reset_world(self) -> None:
+        self.cts.clear()
+        self.tasks.clear()
+        self.tasklog.clear()
+        self.failures.clear()
+        self.task_faults.clear()
+        self.requests.clear()
+        self.storages[OSTEMPLATE_STORAGE]["volumes"] = {}
+        self._setup_world()
+
+    # --- a task that ends in TASK ERROR -----------------------------------------------------
+    async def task(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):
+        rule = next((r for r in self.task_faults if r["type"] == ttype and r["count"] > 0), None)
+        if rule is not None:
+            rule["count"] -= 1
+            message = rule["message"]
+            original_vm = vm
+
+            async def failing():
+                if ttype == "vzcreate" and original_vm is not None:
+                    # PVE removes the half-made container when its create task fails.
+                    self._drop(original_vm)
+                    raise TaskError(f"unable to create CT {tid} - {message}")
+                raise TaskError(message)
+
+            body = failing
+        return await super().task(node, ttype, tid, user, body, vm=vm, lock=lock, log=log)
+
+    # --- app ----------------------------------------------------------------------------------
+    def _build_app(self) -> web.Application:
+        app = super()._build_app()
+        app.middlewares.insert(0, fault_middleware(self.sim_table, render=_pve_error))
+        add_sim_routes(app, self.sim_table, self.reset_world)
+        r = app.router
+        r.add_post("/_sim/nodes/{node}/offline", self._sim_offline)
+        r.add_post("/_sim/lock/{vmid}", self._sim_lock)
+        r.add_delete("/_sim/lock/{vmid}", self._sim_unlock)
+        r.add_post("/_sim/task-errors", self._sim_task_error)
+        r.add_post("/_sim/time-scale", self._sim_time_scale)
+        r.add_get("/_sim/containers", self._sim_containers)
+        return app
+
+    async def _sim_offline(self, request: web.Request) -> web.Response:
+        node = request.match_info["node"]
+        if node not in self.nodes:
+            return json_response({"error": f"no node {node}"}, 404)
+        offline = bool((await request.json()).get("offline", True))
+        self.set_node_offline(node, offline)
+        return json_response({"node": node, "online": not offline})
+
+    async def _sim_lock(self, request: web.Request) -> web.Response:
+        vmid = int(request.match_info["vmid"])
+        if self.guest(vmid) is None:
+            return json_response({"error": f"no guest {vmid}"}, 404)
+        secs = (await request.json()).get("secs")
+        await self.hold_config_lock(vmid, secs)
+        return json_response({"vmid": vmid, "locked_for": secs})
+
+    async def _sim_unlock(self, request: web.Request) -> web.Response:
+        vmid = int(request.match_info["vmid"])
+        if self.guest(vmid) is not None:
+            self.release_config_lock(vmid)
+        return json_response({"vmid": vmid, "locked": False})
+
+    async def _sim_task_error(self, request: web.Request) -> web.Response:
+        spec = await request.json()
+        rule = {"type": str(spec["type"]), "message": str(spec.get("message", "injected")),
+                "count": int(spec.get("count", 1))}
+        self.task_faults.append(rule)
+        return json_response(rule, 201)
+
+    async def _sim_time_scale(self, request: web.Request) -> web.Response:
+        self.time_scale = float((await request.json())["scale"])
+        return json_response({"time_scale": self.time_scale})
+
+    async def _sim_containers(self, request: web.Request) -> web.Response:
+        return json_response([
+            {"vmid": ct.vmid, "node": ct.node, "status": ct.status,
+             "tags": ct.config.get("tags", ""), "hostname": ct.config.get("hostname"),
+             "net0": ct.config.get("net0"), "memory": ct.config.get("memory"),
+             "cores": ct.config.get("cores"), "lock": ct.config.get("lock")}
+            for ct in self.cts
+        ])

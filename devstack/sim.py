@@ -1,0 +1,144 @@
+"""The `/_sim/` control API every stand-in shares (DESIGN §9).
+
+`POST /_sim/faults` with `{"method", "path" (regex), "status", "body"?, "count", "delay_s"?}`
+makes the next `count` matching calls fail (or only stall, when no status is given);
+`DELETE /_sim/faults` clears them; `POST /_sim/reset` empties the stand-in's state. Each
+stand-in adds its own routes beside these.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Fault:
+    method: str
+    path: re.Pattern[str]
+    count: int
+    status: int | None = None
+    body: Any = None
+    delay_s: float = 0.0
+    hits: int = 0
+
+
+@dataclass
+class FaultTable:
+    """Faults keyed by nothing: the first matching fault with calls left applies."""
+
+    faults: list[Fault] = field(default_factory=list)
+    #: Every call seen (method, path, status), for call counting in tests and benchmarks.
+    calls: list[tuple[str, str, int]] = field(default_factory=list)
+    max_calls: int = 200_000
+
+    def add(self, spec: dict[str, Any]) -> Fault:
+        try:
+            fault = Fault(
+                method=str(spec.get("method", "*")).upper(),
+                path=re.compile(spec.get("path", ".*")),
+                count=int(spec.get("count", 1)),
+                status=int(spec["status"]) if spec.get("status") is not None else None,
+                body=spec.get("body"),
+                delay_s=float(spec.get("delay_s", 0) or 0),
+            )
+        except (re.error, TypeError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=json.dumps({"error": f"bad fault: {exc}"}),
+                                     content_type="application/json") from exc
+        if fault.count < 1:
+            raise web.HTTPBadRequest(text='{"error": "count must be >= 1"}',
+                                     content_type="application/json")
+        self.faults.append(fault)
+        return fault
+
+    def take(self, method: str, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.count > 0 and fault.method in ("*", method) and fault.path.search(path):
+                fault.count -= 1
+                fault.hits += 1
+                if fault.count == 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def record(self, method: str, path: str, status: int) -> None:
+        self.calls.append((method, path, status))
+        if len(self.calls) > self.max_calls:
+            del self.calls[: len(self.calls) - self.max_calls]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+def fault_middleware(table: FaultTable, *, render: Callable[[Fault], web.Response] | None = None):
+    """aiohttp middleware applying the table's faults to every non-/_sim request."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/_sim/"):
+            # Control routes skip every other middleware (fakepve's authentication included).
+            return await request.match_info.handler(request)
+        fault = table.take(request.method, request.path)
+        if fault is not None:
+            if fault.delay_s:
+                await asyncio.sleep(fault.delay_s)
+            if fault.status is not None:
+                table.record(request.method, request.path, fault.status)
+                if render is not None:
+                    return render(fault)
+                body = fault.body if fault.body is not None else {"error": "injected fault"}
+                return web.json_response(body, status=fault.status)
+        response = await handler(request)
+        table.record(request.method, request.path, getattr(response, "status", 0))
+        return response
+
+    return middleware
+
+
+def add_sim_routes(app: web.Application, table: FaultTable,
+                   reset: Callable[[], Awaitable[None] | None]) -> None:
+    """The shared control routes: faults, reset, call counts."""
+
+    async def post_fault(request: web.Request) -> web.Response:
+        fault = table.add(await request.json())
+        return json_response({"added": {"method": fault.method, "path": fault.path.pattern,
+                                        "count": fault.count, "status": fault.status}}, 201)
+
+    async def delete_faults(request: web.Request) -> web.Response:
+        table.faults.clear()
+        return json_response({"cleared": True})
+
+    async def list_faults(request: web.Request) -> web.Response:
+        return json_response([{"method": f.method, "path": f.path.pattern, "count": f.count,
+                               "status": f.status, "hits": f.hits} for f in table.faults])
+
+    async def post_reset(request: web.Request) -> web.Response:
+        table.faults.clear()
+        table.calls.clear()
+        result = reset()
+        if asyncio.iscoroutine(result):
+            await result
+        return json_response({"reset": True})
+
+    async def get_calls(request: web.Request) -> web.Response:
+        return json_response({"total": len(table.calls),
+                              "calls": [list(c) for c in table.calls[-int(request.query.get("last", 1000)):]]})
+
+    async def delete_calls(request: web.Request) -> web.Response:
+        table.calls.clear()
+        return json_response({"cleared": True})
+
+    app.router.add_post("/_sim/faults", post_fault)
+    app.router.add_delete("/_sim/faults", delete_faults)
+    app.router.add_get("/_sim/faults", list_faults)
+    app.router.add_post("/_sim/reset", post_reset)
+    app.router.add_get("/_sim/calls", get_calls)
+    app.router.add_delete("/_sim/calls", delete_calls)

@@ -1,0 +1,208 @@
+"""Proxmox VE through proxmoxer, with API-token auth and PVE's errors classified.
+
+PVE reports almost every failure as HTTP 500 with the reason in the status line ("CT 101 already
+exists on node 'pve1'", "Configuration file '…' does not exist", "CT is locked (create)", "can't
+lock file … got timeout"); task failures only show in the task's `exitstatus`. This module turns
+both into ProxmoxError with a `kind` and a `retryable` flag, so the flows never parse strings.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+from proxmoxer import ProxmoxAPI, ResourceException
+
+from .errors import ExternalError
+
+logger = logging.getLogger(__name__)
+
+
+class ProxmoxError(ExternalError):
+    """kind: not_found, already_exists, locked, lock_timeout, not_running, already_running,
+    timeout, unavailable, auth, bad_request, task_failed, error."""
+
+
+# (substring of PVE's message, kind, retryable), first match wins.
+_CLASSIFY: tuple[tuple[str, str, bool], ...] = (
+    ("does not exist", "not_found", False),
+    ("already exists", "already_exists", False),
+    ("got timeout", "lock_timeout", True),
+    ("is locked", "locked", True),
+    ("already running", "already_running", False),
+    ("not running", "not_running", False),
+    ("no quorum", "unavailable", True),
+    ("container did not stop", "shutdown_timeout", True),
+)
+
+
+def classify_message(message: str, status: int | None = None) -> tuple[str, bool]:
+    low = message.lower()
+    for needle, kind, retryable in _CLASSIFY:
+        if needle in low:
+            return kind, retryable
+    if status in (401,):
+        return "auth", False
+    if status in (403,):
+        return "forbidden", False
+    if status == 400:
+        return "bad_request", False
+    if status is not None and status >= 500:
+        return "unavailable", True
+    return "error", False
+
+
+def _error_from(exc: Exception, what: str) -> ProxmoxError:
+    if isinstance(exc, ResourceException):
+        message = f"{exc.content or exc.status_message}"
+        if exc.errors:
+            message += f" {exc.errors}"
+        kind, retryable = classify_message(message, exc.status_code)
+        return ProxmoxError(f"{what}: {exc.status_code} {message}", kind=kind,
+                            retryable=retryable)
+    if isinstance(exc, requests.exceptions.Timeout):
+        return ProxmoxError(f"{what}: timed out ({exc.__class__.__name__})", kind="timeout",
+                            retryable=True)
+    if isinstance(exc, requests.exceptions.RequestException):
+        return ProxmoxError(f"{what}: {exc.__class__.__name__}", kind="unavailable",
+                            retryable=True)
+    return ProxmoxError(f"{what}: {exc!r}", kind="error", retryable=True)
+
+
+def bool01(value: bool) -> int:
+    """PVE's schema takes booleans as 1/0."""
+    return 1 if value else 0
+
+
+def parse_tags(tags: str | None) -> set[str]:
+    """PVE normalises tags (lower-case, sorted, ';'-joined); accept any of ';', ',', ' '."""
+    if not tags:
+        return set()
+    for sep in (",", " "):
+        tags = tags.replace(sep, ";")
+    return {t.strip().lower() for t in tags.split(";") if t.strip()}
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    upid: str
+    ok: bool
+    exitstatus: str
+
+
+class ProxmoxClient:
+    def __init__(self, *, url: str, token_id: str, token_secret: str, verify_ssl: bool | str,
+                 timeout: float) -> None:
+        parts = urlsplit(url)
+        user, _, token_name = token_id.partition("!")
+        self.api = ProxmoxAPI(
+            parts.hostname, port=parts.port or 8006, user=user, token_name=token_name,
+            token_value=token_secret, verify_ssl=verify_ssl, timeout=timeout,
+        )
+        self.calls = 0
+
+    @classmethod
+    def from_settings(cls) -> "ProxmoxClient":
+        verify: bool | str = settings.PROXMOX_VERIFY_SSL
+        if str(verify).lower() in ("true", "1", "yes"):
+            verify = True
+        elif str(verify).lower() in ("false", "0", "no"):
+            verify = False
+        return cls(url=settings.PROXMOX_URL, token_id=settings.PROXMOX_TOKEN_ID,
+                   token_secret=settings.PROXMOX_TOKEN_SECRET, verify_ssl=verify,
+                   timeout=settings.PROXMOX_TIMEOUT)
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        self.calls += 1
+        try:
+            return fn()
+        except (ResourceException, requests.exceptions.RequestException) as exc:
+            raise _error_from(exc, what) from exc
+
+    # --- reads ----------------------------------------------------------------------------------
+    def ct_config(self, node: str, vmid: int) -> dict[str, Any] | None:
+        """The container's config, or None when it does not exist (on that node)."""
+        try:
+            return self._call(f"read config of CT {vmid}",
+                              lambda: self.api.nodes(node).lxc(vmid).config.get())
+        except ProxmoxError as err:
+            if err.kind == "not_found":
+                return None
+            raise
+
+    def ct_status(self, node: str, vmid: int) -> dict[str, Any] | None:
+        try:
+            return self._call(f"read status of CT {vmid}",
+                              lambda: self.api.nodes(node).lxc(vmid).status.current.get())
+        except ProxmoxError as err:
+            if err.kind == "not_found":
+                return None
+            raise
+
+    def cluster_resources(self) -> list[dict[str, Any]]:
+        return self._call("list cluster resources",
+                          lambda: self.api.cluster.resources.get(type="vm")) or []
+
+    # --- writes (each returns a UPID) -------------------------------------------------------------
+    def ct_create(self, node: str, vmid: int, **params: Any) -> str:
+        return self._call(f"create CT {vmid}",
+                          lambda: self.api.nodes(node).lxc.post(vmid=vmid, **params))
+
+    def ct_start(self, node: str, vmid: int) -> str:
+        return self._call(f"start CT {vmid}",
+                          lambda: self.api.nodes(node).lxc(vmid).status.start.post())
+
+    def ct_shutdown(self, node: str, vmid: int, *, timeout: int) -> str:
+        return self._call(f"shut down CT {vmid}",
+                          lambda: self.api.nodes(node).lxc(vmid).status.shutdown.post(
+                              timeout=timeout))
+
+    def ct_stop(self, node: str, vmid: int) -> str:
+        return self._call(f"stop CT {vmid}",
+                          lambda: self.api.nodes(node).lxc(vmid).status.stop.post())
+
+    def ct_destroy(self, node: str, vmid: int) -> str:
+        return self._call(f"destroy CT {vmid}",
+                          lambda: self.api.nodes(node).lxc(vmid).delete(
+                              purge=bool01(True), **{"destroy-unreferenced-disks": bool01(True)}))
+
+    # --- tasks ----------------------------------------------------------------------------------
+    def task_wait(self, upid: str, *, timeout: float, on_tick: Callable[[], None] | None = None,
+                  ) -> TaskResult:
+        """Poll the task until it stops: fast at first (50 ms), backing off to 2 s, bounded by
+        `timeout`. Tolerates PVE's brief 400 "no such task" right after dispatch."""
+        node = upid.split(":")[1]
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            try:
+                status = self._call("read task status",
+                                    lambda: self.api.nodes(node).tasks(upid).status.get())
+            except ProxmoxError as err:
+                if err.kind != "bad_request" and not err.retryable:
+                    raise
+                status = None
+            if status and status.get("status") == "stopped":
+                exit_status = str(status.get("exitstatus", ""))
+                ok = exit_status == "OK" or exit_status.startswith("WARNINGS")
+                return TaskResult(upid=upid, ok=ok, exitstatus=exit_status)
+            if time.monotonic() >= deadline:
+                raise ProxmoxError(f"task {upid} did not finish within {timeout:.0f}s",
+                                   kind="timeout", retryable=True)
+            if on_tick is not None:
+                on_tick()
+            time.sleep(delay)
+            delay = min(2.0, delay * 1.6)
+
+    def task_error(self, result: TaskResult, what: str) -> ProxmoxError:
+        """A failed task as a classified error (its exitstatus is PVE's message)."""
+        kind, retryable = classify_message(result.exitstatus)
+        if kind == "error":
+            kind, retryable = "task_failed", False
+        return ProxmoxError(f"{what}: task ended with '{result.exitstatus}'", kind=kind,
+                            retryable=retryable)

@@ -1,0 +1,93 @@
+"""Requests to act on an existing server: start, stop, restart, delete, restore, purge, retry.
+
+Each request is one transaction: lock the server row, check the action is allowed from its
+status, set the desired state, insert the operation (the database refuses a second active one)
+and enqueue its task after commit.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from ..choices import DELETED_STATUSES, LIVE_STATUSES, DesiredState, OperationKind
+from ..choices import InstanceStatus as S
+from ..db import retry_on_lock_conflict
+from ..errors import InvalidState, OperationInProgress
+from ..models import ContainerInstance, Operation
+from .audit import Actor, audit_record
+from .operations import operation_create
+
+#: action -> statuses it may be requested from
+ALLOWED_FROM: dict[str, frozenset[str]] = {
+    OperationKind.START: frozenset({S.STOPPED}),
+    OperationKind.STOP: frozenset({S.RUNNING}),
+    OperationKind.RESTART: frozenset({S.RUNNING}),
+    OperationKind.DELETE: frozenset(LIVE_STATUSES | {S.DELETING}),
+    OperationKind.RESTORE: frozenset({S.DELETED, S.RESTORING}),
+    OperationKind.PURGE: frozenset({S.DELETED, S.PURGING}),
+    OperationKind.PROVISION: frozenset({S.FAILED, S.MISSING}),
+}
+DESIRED_AFTER: dict[str, str] = {
+    OperationKind.START: DesiredState.RUNNING,
+    OperationKind.STOP: DesiredState.STOPPED,
+    OperationKind.RESTART: DesiredState.RUNNING,
+    OperationKind.DELETE: DesiredState.DELETED,
+    OperationKind.PURGE: DesiredState.PURGED,
+    OperationKind.PROVISION: DesiredState.RUNNING,
+}
+#: actions a suspended server may not take
+_NEEDS_UNSUSPENDED = frozenset({OperationKind.START, OperationKind.RESTART,
+                                OperationKind.RESTORE, OperationKind.PROVISION})
+
+
+@retry_on_lock_conflict
+def server_request(*, instance_id: Any, kind: str, actor: Actor,
+                   params: dict[str, Any] | None = None) -> Operation:
+    """Accept an action on a server; returns the queued operation (the 202 receipt)."""
+    params = dict(params or {})
+    with transaction.atomic(durable=True):
+        inst = ContainerInstance.objects.select_for_update().get(pk=instance_id)
+        if inst.suspended and kind in _NEEDS_UNSUSPENDED:
+            raise InvalidState("This server is suspended; contact support.")
+        allowed = ALLOWED_FROM[kind]
+        if inst.status not in allowed:
+            raise InvalidState(_refusal(kind, inst.status))
+        if kind == OperationKind.RESTORE:
+            if inst.purge_after is not None and inst.purge_after <= timezone.now():
+                raise InvalidState("The restore window of this server has passed.")
+            target = params.get("target", DesiredState.RUNNING)
+            if target not in (DesiredState.RUNNING, DesiredState.STOPPED):
+                raise InvalidState("A restore ends in 'running' or 'stopped'.")
+            params["target"] = target
+        active = Operation.objects.filter(active_slot=inst.id).values_list("kind", "state").first()
+        if active is not None:
+            raise OperationInProgress(
+                f"A {active[0]} operation is {active[1]} on this server; wait for it to finish.")
+        desired = params.get("target") if kind == OperationKind.RESTORE else DESIRED_AFTER[kind]
+        ContainerInstance.objects.filter(pk=inst.pk).update(desired_state=desired)
+        try:
+            with transaction.atomic():
+                op = operation_create(instance_id=inst.id, kind=kind, requested_by=actor.label,
+                                      params=params)
+        except IntegrityError as exc:  # the unique active slot: someone was faster
+            raise OperationInProgress("Another operation was just started on this server.") from exc
+        audit_record(actor=actor, instance_id=inst.id, action=f"request:{kind}",
+                     from_status=inst.status,
+                     data={"operation": str(op.id), "desired_state": desired, "params": params})
+    return op
+
+
+def _refusal(kind: str, status: str) -> str:
+    if kind == OperationKind.START and status == S.RUNNING:
+        return "The server is already running."
+    if kind in (OperationKind.STOP, OperationKind.RESTART) and status == S.STOPPED:
+        return "The server is stopped."
+    if kind == OperationKind.PURGE and status in LIVE_STATUSES:
+        return "Delete the server before purging it."
+    if kind == OperationKind.RESTORE and status not in DELETED_STATUSES:
+        return "Only a deleted server can be restored."
+    if status == S.PURGED:
+        return "The server has been purged."
+    return f"Cannot {kind} a server that is {status}."

@@ -1,0 +1,52 @@
+"""Provision: ensure the container → start it → send the agent its payload (installed before
+the first boot) → wait for ready → running."""
+from __future__ import annotations
+
+from typing import Any
+
+from ...choices import InstanceStatus as S
+from ..runner import OperationContext
+from .common import (
+    Flow,
+    agent_for,
+    container_start,
+    ensure_container,
+    finish,
+    move,
+    provisioning_payload,
+    proxmox,
+    settle_on_failure,
+    wait_agent,
+    wait_ready,
+)
+
+
+def run(ctx: OperationContext) -> None:
+    move(ctx, expected=(S.PENDING, S.FAILED, S.MISSING), to=S.PROVISIONING,
+         fields={"last_error": None})
+    pve = proxmox()
+    inst = ensure_container(ctx, pve)
+    container_start(ctx, pve, inst)
+    ctx.checkpoint("started", f"CT {inst.vmid} running")
+
+    agent = agent_for(inst)
+    try:
+        status = wait_agent(ctx, agent)
+        if status.get("state") == "failed" or not (
+            status.get("provisioningComplete") or status.get("state") == "installing"
+        ):
+            reply = agent.provision(provisioning_payload(inst))
+            ctx.checkpoint("payload", f"payload sent ({'replayed' if reply.get('replay') else 'new'})")
+        else:
+            ctx.checkpoint("payload", f"agent already has the payload ({status.get('state')})")
+        wait_ready(ctx, agent)
+    finally:
+        agent.close()
+    finish(ctx, expected=S.PROVISIONING, to=S.RUNNING)
+
+
+def on_failure(ctx: OperationContext, error: dict[str, Any]) -> None:
+    settle_on_failure(ctx, expected=(S.PENDING, S.PROVISIONING), to=S.FAILED, error=error)
+
+
+PROVISION = Flow(run=run, on_failure=on_failure)

@@ -1,0 +1,73 @@
+"""Soft delete (stop, unpublish, `deleted`, window), restore, and purge (destroy, quarantine)."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from ...choices import LIVE_STATUSES, DesiredState
+from ...choices import InstanceStatus as S
+from ...models import Node
+from ..allocations import allocation_release_to_quarantine
+from ..runner import OperationContext, StepError
+from .common import (
+    Flow,
+    container_destroy,
+    finish,
+    move,
+    proxmox,
+    record_failure,
+    settle_on_failure,
+)
+from .power import start_steps, stop_steps
+
+
+def _run_delete(ctx: OperationContext) -> None:
+    move(ctx, expected=LIVE_STATUSES, to=S.DELETING)
+    stop_steps(ctx)
+    now = timezone.now()
+    finish(ctx, expected=S.DELETING, to=S.DELETED, fields={
+        "deleted_at": now,
+        "purge_after": now + timedelta(seconds=settings.ZLH_SOFT_DELETE_WINDOW_SECONDS),
+    })
+
+
+def _run_restore(ctx: OperationContext) -> None:
+    inst = ctx.instance()
+    if inst.status == S.DELETED and inst.purge_after and inst.purge_after <= timezone.now():
+        raise StepError("the restore window has passed", kind="window_passed")
+    move(ctx, expected=S.DELETED, to=S.RESTORING)
+    target = ctx.params.get("target", DesiredState.RUNNING)
+    if target == DesiredState.RUNNING:
+        start_steps(ctx)
+    finish(ctx, expected=S.RESTORING,
+           to=S.RUNNING if target == DesiredState.RUNNING else S.STOPPED,
+           fields={"deleted_at": None, "purge_after": None})
+
+
+def _run_purge(ctx: OperationContext) -> None:
+    move(ctx, expected=S.DELETED, to=S.PURGING)
+    container_destroy(ctx, proxmox(), ctx.instance())
+    ctx.checkpoint("destroyed", "container gone")
+    inst = ctx.instance()
+    with transaction.atomic():
+        released = allocation_release_to_quarantine(instance_id=inst.id)
+        if inst.node_id:
+            Node.objects.filter(pk=inst.node_id, allocated_memory_mb__gte=inst.memory_mb).update(
+                allocated_memory_mb=F("allocated_memory_mb") - inst.memory_mb)
+        ctx.note(f"{released} allocations moved to quarantine")
+        finish(ctx, expected=S.PURGING, to=S.PURGED,
+               fields={"desired_state": DesiredState.PURGED})
+
+
+def _restore_failed(ctx: OperationContext, error: dict[str, Any]) -> None:
+    settle_on_failure(ctx, expected=(S.RESTORING,), to=S.DELETED, error=error)
+
+
+DELETE = Flow(run=_run_delete, on_failure=record_failure)
+RESTORE = Flow(run=_run_restore, on_failure=_restore_failed)
+PURGE = Flow(run=_run_purge, on_failure=record_failure)
