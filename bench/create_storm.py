@@ -10,15 +10,10 @@ not grow with the number of servers, nodes or pool sizes). Uses a throwaway data
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
-os.environ.setdefault("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+from harness import throwaway_database
 
 
 def main() -> int:
@@ -30,9 +25,11 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=50, help="creates measured for queries")
     args = parser.parse_args()
 
-    import django
+    with throwaway_database("bench"):
+        return run(args)
 
-    django.setup()
+
+def run(args: argparse.Namespace) -> int:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -42,59 +39,51 @@ def main() -> int:
     from tests.support.platform import game_body, make_user, seed_platform
     from tests.support.procs import child_env, run_parallel
 
-    connection.settings_dict["TEST"]["NAME"] = f"test_{connection.settings_dict['NAME']}_bench"
-    old_name = connection.settings_dict["NAME"]
-    connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
-    try:
-        broker.flush()
-        total = args.procs * args.per_proc
-        seed_platform(vmids=(5000, 5000 + total + args.sample + 100), memory_mb=100_000_000,
-                      ports=(20000, 20000 + total + args.sample + 100), subnet_prefix=16)
-        users = [make_user(f"bench{i}") for i in range(args.users)]
+    total = args.procs * args.per_proc
+    seed_platform(vmids=(5000, 5000 + total + args.sample + 100), memory_mb=100_000_000,
+                  ports=(20000, 20000 + total + args.sample + 100), subnet_prefix=16)
+    users = [make_user(f"bench{i}") for i in range(args.users)]
 
-        # Statements per create, in this process, after the storm's warm-up rows exist.
-        per_create = []
-        for i in range(args.sample):
-            with CaptureQueriesContext(connection) as ctx:
-                server_create(owner=users[0].user, data=game_body(f"q-{i}"),
-                              idempotency_key=f"q-{i}")
-            per_create.append(len(ctx.captured_queries))
-        replay = []
-        for i in range(min(args.sample, 10)):
-            with CaptureQueriesContext(connection) as ctx:
-                server_create(owner=users[0].user, data=game_body(f"q-{i}"),
-                              idempotency_key=f"q-{i}")
-            replay.append(len(ctx.captured_queries))
+    # Statements per create, in this process, after the storm's warm-up rows exist.
+    per_create = []
+    for i in range(args.sample):
+        with CaptureQueriesContext(connection) as ctx:
+            server_create(owner=users[0].user, data=game_body(f"q-{i}"),
+                          idempotency_key=f"q-{i}")
+        per_create.append(len(ctx.captured_queries))
+    replay = []
+    for i in range(min(args.sample, 10)):
+        with CaptureQueriesContext(connection) as ctx:
+            server_create(owner=users[0].user, data=game_body(f"q-{i}"),
+                          idempotency_key=f"q-{i}")
+        replay.append(len(ctx.captured_queries))
 
-        work = [
-            {"token": users[p % args.users].token, "threads": args.threads, "requests": [
-                {"body": game_body(f"s{p}-{i}"), "key": f"s{p}-{i}"}
-                for i in range(args.per_proc)]}
-            for p in range(args.procs)
-        ]
-        # Every process is started and connected before GO: the clock measures creates only.
-        timing: dict[str, float] = {}
-        results = [r for chunk in run_parallel("tests.support.workloads.create_servers", work,
-                                               env=child_env(), timeout=900, timing=timing)
-                   for r in chunk]
-        wall = timing["done"] - timing["go"]
-        ok = sum(r["status"] == 202 for r in results)
-        count = ContainerInstance.objects.count()
-        vmids = ContainerInstance.objects.values("vmid").distinct().count()
+    work = [
+        {"token": users[p % args.users].token, "threads": args.threads, "requests": [
+            {"body": game_body(f"s{p}-{i}"), "key": f"s{p}-{i}"}
+            for i in range(args.per_proc)]}
+        for p in range(args.procs)
+    ]
+    # Every process is started and connected before GO: the clock measures creates only.
+    timing: dict[str, float] = {}
+    results = [r for chunk in run_parallel("tests.support.workloads.create_servers", work,
+                                           env=child_env(), timeout=900, timing=timing)
+               for r in chunk]
+    wall = timing["done"] - timing["go"]
+    ok = sum(r["status"] == 202 for r in results)
+    count = ContainerInstance.objects.count()
+    vmids = ContainerInstance.objects.values("vmid").distinct().count()
 
-        print(f"create storm: {args.procs} processes x {args.threads} threads, "
-              f"{args.per_proc} creates each, {args.users} accounts")
-        print(f"  accepted                 {ok}/{total}  (instances {count}, distinct vmids {vmids})")
-        print(f"  wall time (GO to last)   {wall:.2f} s")
-        print(f"  creates per second       {ok / wall:.1f}")
-        print(f"  statements per create    median {statistics.median(per_create):.0f}, "
-              f"max {max(per_create)}  (over {len(per_create)} creates)")
-        print(f"  statements per replay    median {statistics.median(replay):.0f}")
-        print(f"  queued messages          {len(broker.queued_task_ids('lifecycle'))}")
-        return 0 if ok == total and vmids == count else 1
-    finally:
-        broker.flush()
-        connection.creation.destroy_test_db(old_name, verbosity=0)
+    print(f"create storm: {args.procs} processes x {args.threads} threads, "
+          f"{args.per_proc} creates each, {args.users} accounts")
+    print(f"  accepted                 {ok}/{total}  (instances {count}, distinct vmids {vmids})")
+    print(f"  wall time (GO to last)   {wall:.2f} s")
+    print(f"  creates per second       {ok / wall:.1f}")
+    print(f"  statements per create    median {statistics.median(per_create):.0f}, "
+          f"max {max(per_create)}  (over {len(per_create)} creates)")
+    print(f"  statements per replay    median {statistics.median(replay):.0f}")
+    print(f"  queued messages          {len(broker.queued_task_ids('lifecycle'))}")
+    return 0 if ok == total and vmids == count else 1
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def stack(devstack, settings, transactional_db):
 @pytest.fixture
 def worker_env(stack):
     def make(**extra: str) -> dict[str, str]:
-        return child_env(**stack.env, **FAST, **extra)
+        return child_env(**{**stack.env, **FAST, **extra})
     return make
 
 
@@ -89,9 +89,9 @@ def wait_status(instance_id, status, *, timeout=60, sweep=False):
 
     def fail_fast():
         inst = ContainerInstance.objects.get(pk=instance_id)
-        if inst.status == "failed" and status != "failed":
-            op = Operation.objects.filter(instance_id=instance_id).order_by("-created_at").first()
-            raise AssertionError(f"server failed: {inst.last_error} / {op.log if op else ''}")
+        op = Operation.objects.filter(instance_id=instance_id).order_by("-created_at").first()
+        if inst.status == "failed" and status != "failed" and op and op.state == "failed":
+            raise AssertionError(f"server failed: {inst.last_error} / {op.log}")
         if sweep:
             operation_sweep()
 
