@@ -1,12 +1,13 @@
 """`make demo`: run the control plane on this machine and show sample servers moving.
 
-Starts the API (gunicorn), a Celery worker for every queue and one beat, seeds a VMID pool and
-two nodes if the database has none, prints an admin login and a portal API token, creates
+Starts the devstack (fakepve and the agents), the API (gunicorn), a Celery worker for every
+queue and one beat, seeds a VMID pool and two nodes if the database has none, prints an admin login and a portal API token, creates
 sample servers through the REST API and shows their progress. Ctrl-C or SIGTERM stops every
 process it started, by process id.
 
 Options (environment): DEMO_SAMPLES (default 3, 0 for none), API_PORT (default 8000),
-DEMO_EXIT_AFTER (seconds; exit on its own, for CI), DATABASE_URL / REDIS_URL as usual.
+DEVSTACK_TIME_SCALE (default 0.05), DEMO_EXIT_AFTER (seconds; exit on its own, for CI),
+DATABASE_URL / REDIS_URL as usual.
 """
 from __future__ import annotations
 
@@ -65,12 +66,13 @@ def admin_login() -> tuple[str, str]:
 class Processes:
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.env = dict(os.environ)
 
     def start(self, name: str, argv: list[str]) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         log = open(LOGS / f"{name}.log", "ab")
         proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=self.env)
         self.procs.append((name, proc))
         print(f"  started {name:8} pid {proc.pid}  (log: {LOGS / (name + '.log')})")
 
@@ -146,6 +148,20 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     print("Starting processes …")
     try:
+        endpoints_file = STATE / "endpoints.json"
+        endpoints_file.unlink(missing_ok=True)
+        procs.start("devstack", [PY, "-m", "devstack.launcher", "--endpoints", str(endpoints_file),
+                                 "--time-scale", os.environ.get("DEVSTACK_TIME_SCALE", "0.05")])
+        deadline = time.monotonic() + 60
+        while not endpoints_file.exists():
+            procs.check()
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the devstack did not start; see {LOGS}/devstack.log")
+            time.sleep(0.2)
+        from devstack.endpoints import control_plane_env, load
+
+        procs.env.update(control_plane_env(load(endpoints_file)))
+        procs.env.setdefault("VELOCITY_FORWARDING_SECRET", secrets.token_urlsafe(16))
         procs.start("api", [PY, "-m", "gunicorn", "zlh.wsgi", "--bind", f"127.0.0.1:{port}",
                             "--workers", "2", "--timeout", "60"])
         procs.start("worker", [PY, "-m", "celery", "-A", "zlh", "worker", "--loglevel", "INFO",
