@@ -15,6 +15,7 @@ def load(path: str | Path = DEFAULT_PATH) -> dict[str, Any]:
 def control_plane_env(endpoints: dict[str, Any]) -> dict[str, str]:
     """The settings (as env vars) that point the control plane at this devstack."""
     pve, agents = endpoints["proxmox"], endpoints["agents"]
+    cf, tech, vel = endpoints["cloudflare"], endpoints["technitium"], endpoints["velocity"]
     return {
         "PROXMOX_URL": pve["url"],
         "PROXMOX_TOKEN_ID": pve["token_id"],
@@ -24,4 +25,14 @@ def control_plane_env(endpoints: dict[str, Any]) -> dict[str, str]:
         "PROXMOX_STORAGE": pve["storage"],
         "AGENT_URL_TEMPLATE": agents["url"],
         "AGENT_TOKEN": agents["token"],
+        "CLOUDFLARE_API_URL": cf["url"],
+        "CLOUDFLARE_API_TOKEN": cf["token"],
+        "CLOUDFLARE_ZONE_ID": cf["zone_id"],
+        "EDGE_ZONE": cf["zone_name"],
+        "TECHNITIUM_URL": tech["url"],
+        "TECHNITIUM_TOKEN": tech["token"],
+        "TECHNITIUM_ZONE": tech["zone"],
+        "VELOCITY_BRIDGE_URL": vel["url"],
+        "VELOCITY_BRIDGE_TOKEN": vel["token"],
+        "VELOCITY_PUBLIC_IP": vel["public_ip"],
     }

@@ -1,4 +1,5 @@
-"""Start the devstack: Proxmox (fakepve) with two nodes and an API token, and the agents.
+"""Start the devstack: Proxmox (fakepve) with two nodes and an API token, the agents, and the
+edge stand-ins (Cloudflare, Technitium, the Velocity bridge).
 
     python -m devstack.launcher [--time-scale 0.05] [--endpoints .devstack/endpoints.json]
                                 [--proxmox-port 0] [--agents-port 0]
@@ -22,12 +23,24 @@ from aiohttp import web
 from fakepve.certs import make_cert
 
 from .agents import AgentFleet
+from .cloudflare import CloudflareStandIn
 from .proxmox import OSTEMPLATE, DevPve
+from .technitium import TechnitiumStandIn
+from .velocity import VelocityStandIn
 
 HOST = "127.0.0.1"
 TOKEN_USER = "root@pam"
 TOKEN_NAME = "zlh"
 NODES = ("pve1", "pve2")
+ZONE = "play.zlh.test"
+INTERNAL_ZONE = "zlh.internal"
+
+
+async def _serve_app(app: web.Application, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, HOST, port).start()
+    return runner, runner.addresses[0][1]
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -42,11 +55,18 @@ async def serve(args: argparse.Namespace) -> None:
         await pve.start(certfile, keyfile)
 
     fleet = AgentFleet(pve, agent_token)
-    runner = web.AppRunner(fleet.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, args.agents_port)
-    await site.start()
-    agents_port = runner.addresses[0][1]
+    runners = []
+    runner, agents_port = await _serve_app(fleet.app(), args.agents_port)
+    runners.append(runner)
+    cloudflare = CloudflareStandIn(token=secrets.token_urlsafe(24), zone_name=ZONE)
+    runner, cf_port = await _serve_app(cloudflare.app(), 0)
+    runners.append(runner)
+    technitium = TechnitiumStandIn(token=secrets.token_hex(32), zone=INTERNAL_ZONE)
+    runner, tech_port = await _serve_app(technitium.app(), 0)
+    runners.append(runner)
+    velocity = VelocityStandIn(token=secrets.token_urlsafe(24))
+    runner, vel_port = await _serve_app(velocity.app(), 0)
+    runners.append(runner)
 
     endpoints = {
         "proxmox": {
@@ -64,6 +84,25 @@ async def serve(args: argparse.Namespace) -> None:
             "token": agent_token,
             "sim": f"http://{HOST}:{agents_port}",
         },
+        "cloudflare": {
+            "url": f"http://{HOST}:{cf_port}/client/v4",
+            "token": cloudflare.token,
+            "zone_id": cloudflare.zone_id,
+            "zone_name": ZONE,
+            "sim": f"http://{HOST}:{cf_port}",
+        },
+        "technitium": {
+            "url": f"http://{HOST}:{tech_port}",
+            "token": technitium.token,
+            "zone": INTERNAL_ZONE,
+            "sim": f"http://{HOST}:{tech_port}",
+        },
+        "velocity": {
+            "url": f"http://{HOST}:{vel_port}",
+            "token": velocity.token,
+            "public_ip": "203.0.113.10",
+            "sim": f"http://{HOST}:{vel_port}",
+        },
     }
     path = Path(args.endpoints)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +117,8 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await runner.cleanup()
+    for runner in runners:
+        await runner.cleanup()
     await pve.stop()
 
 

@@ -30,3 +30,10 @@ def release_quarantine() -> dict:
     from .services.sweeper import quarantine_release
 
     return quarantine_release()
+
+
+@shared_task(name="lifecycle.velocity_resync", ignore_result=True)
+def velocity_resync_task() -> dict:
+    from .services.edge import velocity_resync_run
+
+    return velocity_resync_run()

@@ -5,6 +5,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from tests.support import broker
+from tests.support.devstack import Devstack
 from tests.support.platform import make_user, seed_platform
 
 
@@ -38,3 +39,11 @@ def bob(db):
 @pytest.fixture
 def staff(db):
     return make_user("operator", staff=True)
+
+
+@pytest.fixture(scope="session")
+def devstack(tmp_path_factory):
+    """The devstack as a real process (fakepve, agents, Cloudflare, Technitium, Velocity)."""
+    ds = Devstack(tmp_path_factory.mktemp("devstack"))
+    yield ds
+    ds.stop()

@@ -18,6 +18,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 QUEUES = ("lifecycle", "repair", "edge", "notify")
 app.conf.task_queues = tuple(Queue(name) for name in QUEUES)
 app.conf.task_routes = {
+    "lifecycle.velocity_resync": {"queue": "edge"},
     "lifecycle.*": {"queue": "lifecycle"},
     "reconciler.repair.*": {"queue": "repair"},
     "reconciler.*": {"queue": "repair"},

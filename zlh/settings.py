@@ -217,6 +217,28 @@ CONTAINER_SHUTDOWN_TIMEOUT = env.int("CONTAINER_SHUTDOWN_TIMEOUT", default=60)
 VELOCITY_FORWARDING_SECRET = env.str("VELOCITY_FORWARDING_SECRET", default="")
 
 # ---------------------------------------------------------------------------------------------
+# Edge (DESIGN §6): public DNS on Cloudflare, internal DNS on Technitium, the Velocity proxy.
+# ---------------------------------------------------------------------------------------------
+EDGE_ZONE = env.str("EDGE_ZONE", default="play.zerolaghub.com")
+EDGE_TTL = env.int("EDGE_TTL", default=60)
+CLOUDFLARE_API_URL = env.str("CLOUDFLARE_API_URL", default="https://api.cloudflare.com/client/v4")
+CLOUDFLARE_API_TOKEN = env.str("CLOUDFLARE_API_TOKEN", default="")
+CLOUDFLARE_ZONE_ID = env.str("CLOUDFLARE_ZONE_ID", default="")
+CLOUDFLARE_TIMEOUT = env.float("CLOUDFLARE_TIMEOUT", default=15.0)
+CLOUDFLARE_PAGE_SIZE = env.int("CLOUDFLARE_PAGE_SIZE", default=1000)
+# Longest a call waits out 429s (retry-after) before giving up as retryable.
+CLOUDFLARE_MAX_RETRY_WAIT = env.float("CLOUDFLARE_MAX_RETRY_WAIT", default=300.0)
+TECHNITIUM_URL = env.str("TECHNITIUM_URL", default="http://127.0.0.1:5380")
+TECHNITIUM_TOKEN = env.str("TECHNITIUM_TOKEN", default="")
+TECHNITIUM_ZONE = env.str("TECHNITIUM_ZONE", default="zlh.internal")
+TECHNITIUM_TIMEOUT = env.float("TECHNITIUM_TIMEOUT", default=10.0)
+VELOCITY_BRIDGE_URL = env.str("VELOCITY_BRIDGE_URL", default="http://127.0.0.1:8081")
+VELOCITY_BRIDGE_TOKEN = env.str("VELOCITY_BRIDGE_TOKEN", default="")
+VELOCITY_TIMEOUT = env.float("VELOCITY_TIMEOUT", default=10.0)
+VELOCITY_PUBLIC_IP = env.str("VELOCITY_PUBLIC_IP", default="203.0.113.10")
+VELOCITY_PUBLIC_PORT = env.int("VELOCITY_PUBLIC_PORT", default=25565)
+
+# ---------------------------------------------------------------------------------------------
 # Operations: claims, leases, retries, sweeping
 # ---------------------------------------------------------------------------------------------
 # A worker holds an operation for this long unless it renews; then another may take it over.

@@ -148,3 +148,8 @@ class RestoreInput(StrictInputSerializer):
     target = serializers.ChoiceField(choices=[("running", "Running"), ("stopped", "Stopped")],
                                      required=False, default="running",
                                      help_text="The state the server ends in.")
+
+
+class VelocityResyncSerializer(serializers.Serializer):
+    task_id = serializers.CharField()
+    servers = serializers.IntegerField(help_text="running game servers the resync covers")

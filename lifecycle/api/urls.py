@@ -2,7 +2,13 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from .views import NodeListView, OperationDetailView, QuotaView, ServerViewSet
+from .views import (
+    NodeListView,
+    OperationDetailView,
+    QuotaView,
+    ServerViewSet,
+    VelocityResyncView,
+)
 
 router = SimpleRouter(trailing_slash=False)
 router.register("servers", ServerViewSet, basename="server")
@@ -11,5 +17,6 @@ urlpatterns = [
     path("operations/<uuid:pk>", OperationDetailView.as_view(), name="operation-detail"),
     path("me/quota", QuotaView.as_view(), name="me-quota"),
     path("nodes", NodeListView.as_view(), name="node-list"),
+    path("velocity/resync", VelocityResyncView.as_view(), name="velocity-resync"),
     *router.urls,
 ]

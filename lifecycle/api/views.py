@@ -21,6 +21,7 @@ from ..services.audit import Actor
 from ..services.servers import server_create
 from .serializers import (
     ErrorSerializer,
+    VelocityResyncSerializer,
     RestoreInput,
     NodeSerializer,
     OperationSerializer,
@@ -210,3 +211,17 @@ class NodeListView(APIView):
                               403: OpenApiResponse(ErrorSerializer, description="Staff only")})
     def get(self, request):
         return Response(NodeSerializer(selectors.node_capacity_list(), many=True).data)
+
+
+class VelocityResyncView(APIView):
+    """Staff: register every running game server with Velocity again (after a proxy restart)."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=None, responses={202: VelocityResyncSerializer, 401: _ERRORS[401],
+                                            403: _ERRORS[403]})
+    def post(self, request):
+        from ..services.edge import velocity_resync_request
+
+        return Response(VelocityResyncSerializer(velocity_resync_request()).data,
+                        status=status.HTTP_202_ACCEPTED)

@@ -29,6 +29,7 @@ from django.db.models import DateTimeField, ExpressionWrapper, F, Q
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
+from edge.errors import EdgeError
 from notifications.redaction import redact, redact_text
 
 from ..choices import OperationState as O
@@ -239,7 +240,7 @@ def operation_run(*, operation_id: Any) -> str:
     except LeaseLost as exc:
         logger.warning("operation %s: %s; stopping without further changes", operation_id, exc)
         return "lease-lost"
-    except (StepError, ExternalError) as err:
+    except (StepError, ExternalError, EdgeError) as err:
         if err.retryable and ctx.attempt < settings.OPERATION_MAX_ATTEMPTS:
             _retry_later(ctx, err)
             return "retrying"

@@ -6,7 +6,6 @@ import pytest
 
 from lifecycle.models import ContainerInstance, Operation
 from lifecycle.services.sweeper import operation_sweep
-from tests.support.devstack import Devstack
 from tests.support.platform import make_user, seed_platform
 from tests.support.procs import child_env
 from tests.support.waiting import wait_until
@@ -37,13 +36,6 @@ def _typed(value: str):
         return float(value) if "." in value else int(value)
     except ValueError:
         return value
-
-
-@pytest.fixture(scope="session")
-def devstack(tmp_path_factory):
-    ds = Devstack(tmp_path_factory.mktemp("devstack"))
-    yield ds
-    ds.stop()
 
 
 @pytest.fixture

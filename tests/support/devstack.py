@@ -72,9 +72,39 @@ class Devstack:
     def agent(self, vmid: int) -> dict[str, Any]:
         return self.agents("GET", f"/_sim/agents/{vmid}")
 
+    # --- edge sims ------------------------------------------------------------------------------
+    def sim(self, service: str, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self.http.request(method, self.endpoints[service]["sim"] + path, timeout=30,
+                                 **kwargs)
+        resp.raise_for_status()
+        return resp.json()
+
+    def cf_records(self) -> list[dict[str, Any]]:
+        return self.sim("cloudflare", "GET", "/_sim/records")
+
+    def cf_api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Cloudflare's own API, as a person would use it."""
+        cf = self.endpoints["cloudflare"]
+        return self.http.request(method, f"{cf['url']}/zones/{cf['zone_id']}{path}",
+                                 headers={"Authorization": f"Bearer {cf['token']}"}, timeout=30,
+                                 **kwargs)
+
+    def tech_records(self) -> list[dict[str, Any]]:
+        zones = self.sim("technitium", "GET", "/_sim/records")
+        return [r for records in zones.values() for r in records]
+
+    def velocity_servers(self) -> list[dict[str, Any]]:
+        vel = self.endpoints["velocity"]
+        resp = self.http.get(vel["url"] + "/servers",
+                             headers={"Authorization": f"Bearer {vel['token']}"}, timeout=30)
+        resp.raise_for_status()
+        return resp.json()["servers"]
+
     def reset(self, *, time_scale: float = 0.0) -> None:
         self.pve("POST", "/_sim/reset")
         self.agents("POST", "/_sim/reset")
+        for service in ("cloudflare", "technitium", "velocity"):
+            self.sim(service, "POST", "/_sim/reset")
         self.pve("POST", "/_sim/time-scale", json={"scale": time_scale})
 
     def stop(self) -> None:

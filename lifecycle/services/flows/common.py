@@ -344,7 +344,8 @@ def provisioning_payload(inst: ContainerInstance) -> dict[str, Any]:
     secret = settings.VELOCITY_FORWARDING_SECRET
     plan = PLANS[inst.plan]
     properties = {
-        "server-port": 25565,
+        # The allocated port: unique on the node, the address Velocity forwards players to.
+        "server-port": inst.ports.get("game", 25565),
         "online-mode": "false",  # Velocity authenticates players and forwards them
         "enforce-secure-profile": "false",
         "motd": f"ZeroLagHub - {inst.slug}",

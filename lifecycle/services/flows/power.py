@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...choices import InstanceStatus as S
+from ..edge import publish_step, velocity_unregister_step
 from ..runner import OperationContext
 from .common import (
     Flow,
@@ -33,11 +34,13 @@ def start_steps(ctx: OperationContext) -> None:
         wait_ready(ctx, agent)
     finally:
         agent.close()
+    publish_step(ctx, inst)
 
 
 def stop_steps(ctx: OperationContext) -> None:
-    pve = proxmox()
-    container_stop(ctx, pve, ctx.instance())
+    inst = ctx.instance()
+    velocity_unregister_step(ctx, inst)
+    container_stop(ctx, proxmox(), inst)
     ctx.checkpoint("stopped", "container stopped")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...choices import InstanceStatus as S
+from ..edge import publish_step
 from ..runner import OperationContext
 from .common import (
     Flow,
@@ -42,6 +43,7 @@ def run(ctx: OperationContext) -> None:
         wait_ready(ctx, agent)
     finally:
         agent.close()
+    publish_step(ctx, inst)  # only now: Velocity never gets a backend that cannot answer
     finish(ctx, expected=S.PROVISIONING, to=S.RUNNING)
 
 

@@ -13,6 +13,7 @@ from ...choices import LIVE_STATUSES, DesiredState
 from ...choices import InstanceStatus as S
 from ...models import Node
 from ..allocations import allocation_release_to_quarantine
+from ..edge import unpublish_step
 from ..runner import OperationContext, StepError
 from .common import (
     Flow,
@@ -28,6 +29,7 @@ from .power import start_steps, stop_steps
 
 def _run_delete(ctx: OperationContext) -> None:
     move(ctx, expected=LIVE_STATUSES, to=S.DELETING)
+    unpublish_step(ctx, ctx.instance())
     stop_steps(ctx)
     now = timezone.now()
     finish(ctx, expected=S.DELETING, to=S.DELETED, fields={
