@@ -35,4 +35,6 @@ def control_plane_env(endpoints: dict[str, Any]) -> dict[str, str]:
         "VELOCITY_BRIDGE_URL": vel["url"],
         "VELOCITY_BRIDGE_TOKEN": vel["token"],
         "VELOCITY_PUBLIC_IP": vel["public_ip"],
+        **{f"DISCORD_WEBHOOK_{name.upper()}": url
+           for name, url in endpoints["discord"]["webhooks"].items()},
     }

@@ -1,5 +1,5 @@
 """Start the devstack: Proxmox (fakepve) with two nodes and an API token, the agents, and the
-edge stand-ins (Cloudflare, Technitium, the Velocity bridge).
+edge stand-ins (Cloudflare, Technitium, the Velocity bridge) and Discord.
 
     python -m devstack.launcher [--time-scale 0.05] [--endpoints .devstack/endpoints.json]
                                 [--proxmox-port 0] [--agents-port 0]
@@ -24,6 +24,7 @@ from fakepve.certs import make_cert
 
 from .agents import AgentFleet
 from .cloudflare import CloudflareStandIn
+from .discord import DiscordStandIn
 from .proxmox import OSTEMPLATE, DevPve
 from .technitium import TechnitiumStandIn
 from .velocity import VelocityStandIn
@@ -67,6 +68,9 @@ async def serve(args: argparse.Namespace) -> None:
     velocity = VelocityStandIn(token=secrets.token_urlsafe(24))
     runner, vel_port = await _serve_app(velocity.app(), 0)
     runners.append(runner)
+    discord = DiscordStandIn()
+    runner, discord_port = await _serve_app(discord.app(), 0)
+    runners.append(runner)
 
     endpoints = {
         "proxmox": {
@@ -102,6 +106,11 @@ async def serve(args: argparse.Namespace) -> None:
             "token": velocity.token,
             "public_ip": "203.0.113.10",
             "sim": f"http://{HOST}:{vel_port}",
+        },
+        "discord": {
+            "url": f"http://{HOST}:{discord_port}",
+            "webhooks": discord.urls(f"http://{HOST}:{discord_port}"),
+            "sim": f"http://{HOST}:{discord_port}",
         },
     }
     path = Path(args.endpoints)

@@ -26,16 +26,21 @@ _VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
      r"\g<pre>" + MASK + r"\g<post>"),
     # Discord webhook URLs carry their token in the path.
     (re.compile(r"(?P<pre>/api/(?:v\d+/)?webhooks/\d+/)[A-Za-z0-9_.-]+"), r"\g<pre>" + MASK),
-    # Authorization headers and bearer/token schemes.
-    (re.compile(r"(?P<pre>\b(?:Bearer|Token|Basic|PVEAPIToken=)\s*)[^\s,;'\"]+", re.I),
-     r"\g<pre>" + MASK),
+    # Authorization schemes: Bearer/Basic credentials and Proxmox API tokens.
+    (re.compile(r"(?P<pre>\b(?:Bearer|Basic)\s+)[^\s,;'\"]+", re.I), r"\g<pre>" + MASK),
+    (re.compile(r"(?P<pre>PVEAPIToken[= ])[^\s,;'\"]+", re.I), r"\g<pre>" + MASK),
+    # Well-known token shapes (ours included), whatever their length.
+    (re.compile(r"\b(?:zlh_[A-Za-z0-9_-]{16,}|(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{8,}"
+                r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+                r"|xox[abposr]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16})"),
+     MASK),
     # key=value / key: value pairs in free text (secret=..., password: ...).
     (re.compile(r"(?P<pre>\b(?:[a-z_]*(?:token|secret|password|passwd|api_key))\s*[=:]\s*)"
                 r"(?P<q>['\"]?)[^\s'\",;&]+", re.I),
      r"\g<pre>\g<q>" + MASK),
     # Long random-looking tokens: mixed case and digits (slugs and UUIDs are lowercase ids).
     (re.compile(r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*[A-Z])(?=[A-Za-z0-9_-]*[a-z])"
-                r"(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{32,}"), MASK),
+                r"(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{24,}"), MASK),
     # Long hex strings (hashes, hex-encoded keys).
     (re.compile(r"(?<![A-Za-z0-9])[0-9a-fA-F]{40,}(?![A-Za-z0-9])"), MASK),
 )
@@ -57,7 +62,13 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
         return MASK
     if isinstance(value, Mapping):
         out = {}
+        # A {"name": "password", "value": "..."} pair: the name says the value is secret.
+        label = value.get("name", value.get("key"))
+        pair_secret = isinstance(label, str) and is_secret_key(label)
         for key, item in value.items():
+            if pair_secret and key == "value" and item not in (None, ""):
+                out[str(key)] = MASK
+                continue
             key_s = str(key)
             if is_secret_key(key_s) and item not in (None, "", {}, []):
                 out[key_s] = MASK
@@ -69,3 +80,22 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     return value
+
+
+class RedactingFilter:
+    """A logging filter that masks secrets in every message and traceback it lets through."""
+
+    def filter(self, record: Any) -> bool:
+        import logging
+
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: keep the raw message
+            message = str(record.msg)
+        record.msg = redact_text(message)
+        record.args = ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        return True

@@ -1,5 +1,7 @@
-"""Shared fixtures: a clean test Redis, a seeded platform, API users."""
+"""Shared fixtures: a clean test Redis, a seeded platform, API users, the devstack."""
 from __future__ import annotations
+
+pytest_plugins = ["tests.support.stack"]
 
 import pytest
 from rest_framework.test import APIClient

@@ -135,6 +135,8 @@ CELERY_TIMEZONE = "UTC"
 # stays queued and the sweeper re-enqueues it.
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=5.0)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5}
+# Workers log through Django's LOGGING (below), so every line passes the secret-masking filter.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # ---------------------------------------------------------------------------------------------
 # REST API
@@ -239,6 +241,21 @@ VELOCITY_PUBLIC_IP = env.str("VELOCITY_PUBLIC_IP", default="203.0.113.10")
 VELOCITY_PUBLIC_PORT = env.int("VELOCITY_PUBLIC_PORT", default=25565)
 
 # ---------------------------------------------------------------------------------------------
+# Notifications (DESIGN §7): Discord webhook URLs come only from the environment.
+# ---------------------------------------------------------------------------------------------
+DISCORD_WEBHOOKS = {
+    "critical": env.str("DISCORD_WEBHOOK_CRITICAL", default=""),
+    "warning": env.str("DISCORD_WEBHOOK_WARNING", default=""),
+    "info": env.str("DISCORD_WEBHOOK_INFO", default=""),
+    "lifecycle": env.str("DISCORD_WEBHOOK_LIFECYCLE", default=""),
+}
+DISCORD_CRITICAL_ROLE_ID = env.str("DISCORD_CRITICAL_ROLE_ID", default="")
+DISCORD_TIMEOUT = env.float("DISCORD_TIMEOUT", default=10.0)
+# One alert key is not repeated within this interval; clearing it sends one "resolved".
+NOTIFY_REPEAT_INTERVAL_SECONDS = env.int("NOTIFY_REPEAT_INTERVAL_SECONDS", default=4 * 3600)
+NOTIFY_BACKOFF_MAX_SECONDS = env.int("NOTIFY_BACKOFF_MAX_SECONDS", default=300)
+
+# ---------------------------------------------------------------------------------------------
 # Operations: claims, leases, retries, sweeping
 # ---------------------------------------------------------------------------------------------
 # A worker holds an operation for this long unless it renews; then another may take it over.
@@ -276,7 +293,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact": {"()": "notifications.redaction.RedactingFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
+                             "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

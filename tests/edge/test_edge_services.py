@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from edge.errors import EdgeError
+from tests.support.devstack import apply_settings
 from edge.services import (
     EdgeClients,
     EdgeTarget,
@@ -25,8 +26,7 @@ pytestmark = pytest.mark.edge
 @pytest.fixture
 def edge(devstack, settings):
     devstack.reset()
-    for key, value in devstack.env.items():
-        setattr(settings, key, value)
+    apply_settings(settings, devstack.env)
     return devstack
 
 

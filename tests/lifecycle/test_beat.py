@@ -13,7 +13,7 @@ from tests.support.platform import game_body
 from tests.support.workers import start_worker
 from zlh.celery import app as celery_app
 
-from .conftest import wait_status
+from tests.support.stack import wait_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.lifecycle]
 

@@ -12,7 +12,7 @@ from lifecycle.services.servers import server_create
 from tests.support.platform import game_body
 from tests.support.waiting import wait_until
 
-from .conftest import wait_operation, wait_status
+from tests.support.stack import wait_operation, wait_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.lifecycle]
 

@@ -14,7 +14,7 @@ from lifecycle.services.servers import server_create
 from lifecycle.services.sweeper import operation_sweep, quarantine_release, server_purge_due
 from tests.support.platform import game_body, make_user
 
-from .conftest import wait_operation, wait_status
+from tests.support.stack import wait_operation, wait_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.lifecycle]
 
@@ -179,3 +179,25 @@ def test_a_lost_message_is_sent_again_by_the_sweeper(stack, worker_env, owner, t
         wait_status(result.instance.id, "running")
     finally:
         proc.stop()
+
+
+def test_a_crash_while_starting_is_reported_and_the_start_retried(stack, worker, owner):
+    from tests.support.waiting import wait_until
+
+    inst = running_server(owner, "crashy")
+    api = APIClient()
+    act(api, owner, inst.id, "stop")
+    wait_status(inst.id, "stopped")
+    stack.pve("POST", "/_sim/time-scale", json={"scale": 0.5})  # the game boots in 1.5 s
+    op = act(api, owner, inst.id, "start").json()
+    wait_until(lambda: stack.agent(inst.vmid)["state"] == "starting", timeout=30,
+               what="the game to be starting")
+    stack.agents("POST", f"/_sim/agents/{inst.vmid}/crash",
+                 json={"reason": "java.lang.OutOfMemoryError: Java heap space"})
+    wait_operation(op["id"], timeout=60)
+    wait_status(inst.id, "running")
+    wait_until(lambda: stack.discord_messages("warning"), timeout=30, what="the crash report")
+    [warning] = stack.discord_messages("warning")
+    assert warning["embeds"][0]["title"] == "crashy crashed while starting"
+    assert "OutOfMemoryError" in warning["embeds"][0]["description"]
+    assert Operation.objects.get(pk=op["id"]).attempt == 2

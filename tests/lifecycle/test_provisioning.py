@@ -15,7 +15,7 @@ from tests.support.platform import game_body
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker
 
-from .conftest import FORWARDING_SECRET, wait_operation, wait_status
+from tests.support.stack import FORWARDING_SECRET, wait_operation, wait_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.lifecycle]
 
@@ -51,6 +51,11 @@ def test_fabric_server_is_seeded_before_its_first_boot(stack, worker, owner):
     assert not any(FORWARDING_SECRET in e["msg"] for e in op.log)
     status = api.get(f"/api/v1/servers/{sid}/status", **owner.headers).json()
     assert status["status"] == "running" and status["operation"]["state"] == "succeeded"
+    # The lifecycle channel heard about it, written with the event (the outbox).
+    wait_until(lambda: stack.discord_messages("lifecycle"), timeout=30, what="the announcement")
+    [message] = stack.discord_messages("lifecycle")
+    assert message["embeds"][0]["title"] == "fab-one is running"
+    assert message["allowed_mentions"] == {"parse": []}
 
 
 def test_dev_container_gets_its_runtime(stack, worker, owner):

@@ -11,7 +11,7 @@ from lifecycle.services.servers import server_create
 from tests.support.platform import game_body
 from tests.support.waiting import wait_until
 
-from .conftest import wait_operation, wait_status
+from tests.support.stack import wait_operation, wait_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.lifecycle]
 
@@ -66,6 +66,10 @@ def test_a_create_task_ending_in_task_error_fails_readably_and_can_be_retried(st
     assert op.state == "failed" and "no space" in op.error["message"]
     assert op.active_slot is None
     assert stack.containers() == []  # PVE removed the half-made container
+    wait_until(lambda: stack.discord_messages("warning"), timeout=30, what="the warning")
+    [warning] = stack.discord_messages("warning")
+    assert warning["embeds"][0]["title"] == "Provisioning task-error failed"
+    assert "no space" in warning["embeds"][0]["description"]
 
     api = APIClient()
     resp = api.post(f"/api/v1/servers/{inst.id}/retry", **owner.headers)
@@ -73,6 +77,10 @@ def test_a_create_task_ending_in_task_error_fails_readably_and_can_be_retried(st
     inst = wait_status(inst.id, "running")
     assert inst.last_error is None
     _only_container_is_ours(stack, inst)
+    # The retry succeeded: the provisioning alert resolves (one green message).
+    wait_until(lambda: len(stack.discord_messages("warning")) == 2, timeout=30,
+               what="the resolved message")
+    assert stack.discord_messages("warning")[1]["embeds"][0]["title"].startswith("Resolved: ")
 
 
 def test_a_held_config_lock_is_waited_out(stack, worker, owner):

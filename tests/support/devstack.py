@@ -100,10 +100,13 @@ class Devstack:
         resp.raise_for_status()
         return resp.json()["servers"]
 
+    def discord_messages(self, channel: str | None = None) -> list[dict[str, Any]]:
+        return self.sim("discord", "GET", "/_sim/messages" + (f"?channel={channel}" if channel else ""))
+
     def reset(self, *, time_scale: float = 0.0) -> None:
         self.pve("POST", "/_sim/reset")
         self.agents("POST", "/_sim/reset")
-        for service in ("cloudflare", "technitium", "velocity"):
+        for service in ("cloudflare", "technitium", "velocity", "discord"):
             self.sim(service, "POST", "/_sim/reset")
         self.pve("POST", "/_sim/time-scale", json={"scale": time_scale})
 
@@ -116,3 +119,21 @@ class Devstack:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self._log.close()
+
+
+def apply_settings(settings: Any, env: dict[str, str]) -> None:
+    """Point this process's Django settings at the devstack (as the env does for workers)."""
+    for key, value in env.items():
+        if key.endswith("_ID") or key.endswith("_TOKEN") or key.endswith("_SECRET"):
+            setattr(settings, key, value)  # identifiers and secrets stay strings
+            continue
+        try:
+            typed: Any = float(value) if "." in value and value.replace(".", "", 1).isdigit() \
+                else int(value)
+        except ValueError:
+            typed = value
+        setattr(settings, key, typed)
+    settings.DISCORD_WEBHOOKS = {
+        name: env.get(f"DISCORD_WEBHOOK_{name.upper()}", "")
+        for name in ("critical", "warning", "info", "lifecycle")
+    }

@@ -45,3 +45,21 @@ def create_servers(*, token: str, requests: list[dict[str, Any]], threads: int =
     if any(w.is_alive() for w in workers):
         raise RuntimeError("a request thread did not finish within 600 s")
     return results
+
+
+def raise_notifications(*, count: int) -> dict[str, Any]:
+    """notify_lifecycle `count` times, each in its own transaction; report the slowest call."""
+    import time
+
+    from django.db import connection, transaction
+
+    from notifications.services import notify_lifecycle
+
+    slowest = 0.0
+    for i in range(count):
+        started = time.monotonic()
+        with transaction.atomic():
+            notify_lifecycle(f"raised without Redis {i}")
+        slowest = max(slowest, time.monotonic() - started)
+    connection.close()
+    return {"raised": count, "slowest": slowest}

@@ -10,6 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from notifications.services import notify_warning
+
 from ...catalog import PLANS
 from ...choices import Kind, Variant
 from ...clients.agent import AgentClient, AgentError
@@ -47,11 +49,28 @@ def move(ctx: OperationContext, *, expected: str | Iterable[str], to: str,
 
 
 def finish(ctx: OperationContext, *, expected: str | Iterable[str], to: str,
-           fields: dict[str, Any] | None = None) -> None:
-    """The last status move and the operation's success, together or not at all."""
+           fields: dict[str, Any] | None = None,
+           announce: Callable[[ContainerInstance], None] | None = None) -> None:
+    """The last status move, its notification and the operation's success: together or not
+    at all (the notification is an outbox row in the same transaction)."""
     with transaction.atomic():
         move(ctx, expected=expected, to=to, fields={"last_error": None, **(fields or {})})
+        if announce is not None:
+            announce(ctx.instance())
         ctx.succeed()
+
+
+def server_facts(inst: ContainerInstance) -> list[dict[str, Any]]:
+    """The embed fields that tell an operator which server a notification is about."""
+    what = f"{inst.variant} {inst.version}" if inst.kind == Kind.GAME else (
+        f"dev {inst.runtime} {inst.runtime_version}")
+    return [
+        {"name": "Server", "value": f"{inst.slug} ({inst.id})"},
+        {"name": "Owner", "value": inst.owner.get_username(), "inline": True},
+        {"name": "What", "value": f"{what}, plan {inst.plan}", "inline": True},
+        {"name": "Where", "value": f"{inst.node.name if inst.node_id else '-'} · VMID "
+                                   f"{inst.vmid} · {inst.ip}", "inline": True},
+    ]
 
 
 def record_failure(ctx: OperationContext, error: dict[str, Any]) -> None:
@@ -318,6 +337,9 @@ def wait_ready(ctx: OperationContext, agent: AgentClient) -> dict[str, Any]:
                             kind="install_failed")
         if status.get("state") == "crashed":
             crash = status.get("crash") or {}
+            inst = ctx.instance()
+            notify_warning(f"{inst.slug} crashed while starting", str(crash.get("reason") or ""),
+                           fields=server_facts(inst), alert_key=f"crash:{inst.id}")
             raise StepError(f"the game crashed while starting: {crash.get('reason')}",
                             retryable=True, kind="crashed")
         if status.get("provisioningComplete") and status.get("ready"):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from notifications.services import alert_resolve, notify_lifecycle, notify_warning
+
 from ...choices import InstanceStatus as S
+from ...models import ContainerInstance
 from ..edge import publish_step
 from ..runner import OperationContext
 from .common import (
@@ -16,6 +19,7 @@ from .common import (
     move,
     provisioning_payload,
     proxmox,
+    server_facts,
     settle_on_failure,
     wait_agent,
     wait_ready,
@@ -44,11 +48,22 @@ def run(ctx: OperationContext) -> None:
     finally:
         agent.close()
     publish_step(ctx, inst)  # only now: Velocity never gets a backend that cannot answer
-    finish(ctx, expected=S.PROVISIONING, to=S.RUNNING)
+    finish(ctx, expected=S.PROVISIONING, to=S.RUNNING, announce=_announce_running)
+
+
+def _announce_running(inst: ContainerInstance) -> None:
+    notify_lifecycle(f"{inst.slug} is running", "Provisioning succeeded.",
+                     fields=server_facts(inst))
+    alert_resolve(f"provision-failed:{inst.id}", body=f"{inst.slug} is running now.")
 
 
 def on_failure(ctx: OperationContext, error: dict[str, Any]) -> None:
     settle_on_failure(ctx, expected=(S.PENDING, S.PROVISIONING), to=S.FAILED, error=error)
+    inst = ctx.instance()
+    notify_lifecycle(f"Provisioning {inst.slug} failed", error["message"],
+                     fields=server_facts(inst))
+    notify_warning(f"Provisioning {inst.slug} failed", error["message"],
+                   fields=server_facts(inst), alert_key=f"provision-failed:{inst.id}")
 
 
 PROVISION = Flow(run=run, on_failure=on_failure)

@@ -9,6 +9,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from notifications.services import notify_lifecycle
+
 from ...choices import LIVE_STATUSES, DesiredState
 from ...choices import InstanceStatus as S
 from ...models import Node
@@ -22,6 +24,7 @@ from .common import (
     move,
     proxmox,
     record_failure,
+    server_facts,
     settle_on_failure,
 )
 from .power import start_steps, stop_steps
@@ -32,10 +35,13 @@ def _run_delete(ctx: OperationContext) -> None:
     unpublish_step(ctx, ctx.instance())
     stop_steps(ctx)
     now = timezone.now()
-    finish(ctx, expected=S.DELETING, to=S.DELETED, fields={
-        "deleted_at": now,
-        "purge_after": now + timedelta(seconds=settings.ZLH_SOFT_DELETE_WINDOW_SECONDS),
-    })
+    purge_after = now + timedelta(seconds=settings.ZLH_SOFT_DELETE_WINDOW_SECONDS)
+    finish(ctx, expected=S.DELETING, to=S.DELETED,
+           fields={"deleted_at": now, "purge_after": purge_after},
+           announce=lambda inst: notify_lifecycle(
+               f"{inst.slug} deleted",
+               f"Restorable until {purge_after:%Y-%m-%d %H:%M} UTC, purged after that.",
+               fields=server_facts(inst)))
 
 
 def _run_restore(ctx: OperationContext) -> None:
@@ -63,7 +69,11 @@ def _run_purge(ctx: OperationContext) -> None:
                 allocated_memory_mb=F("allocated_memory_mb") - inst.memory_mb)
         ctx.note(f"{released} allocations moved to quarantine")
         finish(ctx, expected=S.PURGING, to=S.PURGED,
-               fields={"desired_state": DesiredState.PURGED})
+               fields={"desired_state": DesiredState.PURGED},
+               announce=lambda inst: notify_lifecycle(
+                   f"{inst.slug} purged",
+                   f"Container destroyed; {released} allocations in quarantine.",
+                   fields=server_facts(inst)))
 
 
 def _restore_failed(ctx: OperationContext, error: dict[str, Any]) -> None:

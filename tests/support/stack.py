@@ -1,11 +1,13 @@
-"""Fixtures for lifecycle tests against the real stack: the devstack process (fakepve and the
-agents over real HTTP), real Celery worker processes, MariaDB and Redis."""
+"""Fixtures for tests against the real stack: the devstack process (fakepve, agents, edge and
+Discord stand-ins over real HTTP), real Celery worker processes, MariaDB and Redis. Registered
+for every test by tests/conftest.py (pytest_plugins)."""
 from __future__ import annotations
 
 import pytest
 
 from lifecycle.models import ContainerInstance, Operation
 from lifecycle.services.sweeper import operation_sweep
+from tests.support.devstack import apply_settings
 from tests.support.platform import make_user, seed_platform
 from tests.support.procs import child_env
 from tests.support.waiting import wait_until
@@ -28,22 +30,16 @@ FAST = {
     "GAME_STOP_WAIT_SECONDS": "10",
     "CONTAINER_SHUTDOWN_TIMEOUT": "10",
     "VELOCITY_FORWARDING_SECRET": FORWARDING_SECRET,
+    "DISCORD_CRITICAL_ROLE_ID": "424242424242",
+    "NOTIFY_BACKOFF_MAX_SECONDS": "1",
 }
-
-
-def _typed(value: str):
-    try:
-        return float(value) if "." in value else int(value)
-    except ValueError:
-        return value
 
 
 @pytest.fixture
 def stack(devstack, settings, transactional_db):
     """A clean devstack, this process's settings pointed at it, and a seeded platform."""
     devstack.reset()
-    for key, value in {**devstack.env, **FAST}.items():
-        setattr(settings, key, _typed(value))
+    apply_settings(settings, {**devstack.env, **FAST})
     seed_platform()
     return devstack
 
