@@ -51,7 +51,13 @@ def run(args: argparse.Namespace) -> int:
         for n, concurrency in enumerate(rounds):
             stack.pve("DELETE", "/_sim/calls")
             stack.agents("DELETE", "/_sim/calls")
-            worker = start_worker(env, workdir, name=f"bench{concurrency}", concurrency=concurrency)
+            for service in ("cloudflare", "technitium", "velocity"):
+                stack.sim(service, "DELETE", "/_sim/calls")
+            # As deployed: lifecycle workers apart from the notify/edge worker.
+            worker = start_worker(env, workdir, name=f"bench{concurrency}",
+                                  concurrency=concurrency, queues="lifecycle")
+            side = start_worker(env, workdir, name=f"side{concurrency}", concurrency=1,
+                                queues="notify,edge")
             try:
                 t0 = time.monotonic()
                 ids = [server_create(owner=user.user,
@@ -65,21 +71,24 @@ def run(args: argparse.Namespace) -> int:
                 wall = time.monotonic() - t0
             finally:
                 worker.stop()
+                side.stop()
             pve_calls = stack.pve("GET", "/_sim/calls?last=1")["total"]
             agent_calls = stack.agents("GET", "/_sim/calls?last=1")["total"]
+            edge_calls = sum(stack.sim(s, "GET", "/_sim/calls?last=1")["total"]
+                             for s in ("cloudflare", "technitium", "velocity"))
             attempts = sum(Operation.objects.filter(instance_id__in=ids)
                            .values_list("attempt", flat=True))
             rows.append((concurrency, len(ids), wall, pve_calls / len(ids),
-                         agent_calls / len(ids), attempts / len(ids)))
+                         agent_calls / len(ids), edge_calls / len(ids), attempts / len(ids)))
     finally:
         stack.stop()
 
     print(f"provision throughput against fakepve (time scale 0), {args.servers} servers per round")
     print(f"  {'workers':>7} {'servers':>7} {'seconds':>8} {'prov/s':>7} {'PVE calls/prov':>15}"
-          f" {'agent calls/prov':>17} {'attempts/prov':>14}")
-    for concurrency, count, wall, pve, agent, attempts in rows:
+          f" {'agent calls/prov':>17} {'edge calls/prov':>16} {'attempts/prov':>14}")
+    for concurrency, count, wall, pve, agent, edge, attempts in rows:
         print(f"  {concurrency:>7} {count:>7} {wall:>8.2f} {count / wall:>7.1f} {pve:>15.1f}"
-              f" {agent:>17.1f} {attempts:>14.2f}")
+              f" {agent:>17.1f} {edge:>16.1f} {attempts:>14.2f}")
     return 0
 
 

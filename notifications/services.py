@@ -28,7 +28,6 @@ from .redaction import redact, redact_text
 logger = logging.getLogger(__name__)
 LEASE_SECONDS = 60
 BATCH = 200
-INLINE_WAIT_MAX = 10.0
 
 
 def webhook_url(channel: str) -> str:
@@ -216,13 +215,9 @@ def _apply(channel: str, row: Notification, result: discord.SendResult, owner: s
         return True
     Notification.objects.filter(pk=row.pk).update(attempts=row.attempts + 1, last_error=detail)
     if result.outcome == "rate_limited":
+        # Wait it out without holding a worker: the same row goes first when the sender is
+        # woken after `retry_after` (a short countdown).
         logger.info("discord %s: rate limited for %.2fs", channel, result.retry_after)
-        if result.retry_after <= INLINE_WAIT_MAX:
-            deadline = time.monotonic() + result.retry_after
-            while (left := deadline - time.monotonic()) > 0:
-                time.sleep(min(1.0, left))
-                _renew(channel, owner)
-            return True  # the same row is first again
         ChannelState.objects.filter(channel=channel).update(
             next_attempt_at=now + timedelta(seconds=result.retry_after))
         enqueue_send(channel, countdown=result.retry_after)
