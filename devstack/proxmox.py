@@ -20,7 +20,10 @@ OSTEMPLATE = f"{OSTEMPLATE_STORAGE}:vztmpl/{OSTEMPLATE_NAME}"
 
 
 def _pve_error(fault: Fault) -> web.Response:
-    """An injected failure the way PVE sends one: the text in the reason phrase and the body."""
+    """An injected failure the way PVE sends one: the text in the reason phrase and the body.
+    An injected success (status < 400) answers PVE's envelope around the given body."""
+    if fault.status is not None and fault.status < 400:
+        return web.json_response({"data": fault.body}, status=fault.status)
     body = fault.body
     message = str(body.get("message", body) if isinstance(body, dict) else body or "")
     message = message.splitlines()[0][:200] if message.strip() else "injected failure"
@@ -85,6 +88,7 @@ class DevPve(FakePve):
         r.add_post("/_sim/task-errors", self._sim_task_error)
         r.add_post("/_sim/time-scale", self._sim_time_scale)
         r.add_get("/_sim/containers", self._sim_containers)
+        r.add_post("/_sim/containers", self._sim_add_containers)
         return app
 
     async def _sim_offline(self, request: web.Request) -> web.Response:
@@ -119,6 +123,15 @@ class DevPve(FakePve):
     async def _sim_time_scale(self, request: web.Request) -> web.Response:
         self.time_scale = float((await request.json())["scale"])
         return json_response({"time_scale": self.time_scale})
+
+    async def _sim_add_containers(self, request: web.Request) -> web.Response:
+        """Bulk-add containers (benchmarks): [{"vmid", "node", "tags", "status", "hostname"}]."""
+        specs = await request.json()
+        for spec in specs:
+            ct = self.add_ct(int(spec["vmid"]), spec.get("hostname"),
+                             node=spec.get("node", "pve1"), status=spec.get("status", "stopped"),
+                             config={"tags": spec.get("tags", ""), "memory": spec.get("memory", 512)})
+        return json_response({"added": len(specs)}, 201)
 
     async def _sim_containers(self, request: web.Request) -> web.Response:
         return json_response([

@@ -269,6 +269,33 @@ OPERATION_REENQUEUE_AFTER_SECONDS = env.float("OPERATION_REENQUEUE_AFTER_SECONDS
 SWEEP_INTERVAL_SECONDS = env.int("SWEEP_INTERVAL_SECONDS", default=30)
 
 # ---------------------------------------------------------------------------------------------
+# Reconciler (DESIGN §5)
+# ---------------------------------------------------------------------------------------------
+# Levels whose repairs run: 0 observe/notify, 1 safe repairs; 2 (destructive) is off by default.
+RECONCILER_ENABLED_LEVELS = env.list("RECONCILER_ENABLED_LEVELS", cast=int, default=[0, 1])
+RECONCILER_DRY_RUN = env.bool("RECONCILER_DRY_RUN", default=False)
+# The Redis lease: held for this long unless renewed (renewed at every step of a cycle).
+RECONCILER_LEASE_SECONDS = env.float("RECONCILER_LEASE_SECONDS", default=120.0)
+# Mass-drift guard: more repairs than max(MIN, FRACTION * servers) in one cycle -> no repairs.
+RECONCILER_MASS_DRIFT_MIN = env.int("RECONCILER_MASS_DRIFT_MIN", default=10)
+RECONCILER_MASS_DRIFT_FRACTION = env.float("RECONCILER_MASS_DRIFT_FRACTION", default=0.2)
+# Repairs per server per hour before further ones are refused (and escalated).
+RECONCILER_REPAIR_BUDGET_PER_HOUR = env.int("RECONCILER_REPAIR_BUDGET_PER_HOUR", default=3)
+# A breaker opens after this many consecutive failures of one action, probes after cool-down.
+RECONCILER_BREAKER_THRESHOLD = env.int("RECONCILER_BREAKER_THRESHOLD", default=3)
+RECONCILER_BREAKER_COOLDOWN_SECONDS = env.int("RECONCILER_BREAKER_COOLDOWN_SECONDS", default=300)
+# Deadlines: an operation whose lease expired this long ago is stale; a transient status
+# without an active operation for this long is stuck; a purge this late is overdue.
+RECONCILER_STALE_OPERATION_SECONDS = env.int("RECONCILER_STALE_OPERATION_SECONDS", default=900)
+RECONCILER_STUCK_TRANSITION_SECONDS = env.int("RECONCILER_STUCK_TRANSITION_SECONDS",
+                                              default=1800)
+RECONCILER_PURGE_GRACE_SECONDS = env.int("RECONCILER_PURGE_GRACE_SECONDS", default=3600)
+# Agent checks: bounded parallelism and a short timeout each.
+RECONCILER_AGENT_PARALLELISM = env.int("RECONCILER_AGENT_PARALLELISM", default=16)
+RECONCILER_AGENT_TIMEOUT = env.float("RECONCILER_AGENT_TIMEOUT", default=2.0)
+RECONCILER_CRASH_LOOP_THRESHOLD = env.int("RECONCILER_CRASH_LOOP_THRESHOLD", default=3)
+
+# ---------------------------------------------------------------------------------------------
 # Misc
 # ---------------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -45,9 +45,11 @@ _NEEDS_UNSUSPENDED = frozenset({OperationKind.START, OperationKind.RESTART,
 @retry_on_lock_conflict
 def server_request(*, instance_id: Any, kind: str, actor: Actor,
                    params: dict[str, Any] | None = None) -> Operation:
-    """Accept an action on a server; returns the queued operation (the 202 receipt)."""
+    """Accept an action on a server; returns the queued operation (the 202 receipt).
+
+    Owns its transaction, or joins the caller's (the reconciler's fenced one) when nested."""
     params = dict(params or {})
-    with transaction.atomic(durable=True):
+    with transaction.atomic():
         inst = ContainerInstance.objects.select_for_update().get(pk=instance_id)
         if inst.suspended and kind in _NEEDS_UNSUSPENDED:
             raise InvalidState("This server is suspended; contact support.")

@@ -24,10 +24,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     # active, so a server left in one of them is stuck, not busy.
     S.PROVISIONING: frozenset({S.RUNNING, S.FAILED, S.DELETING}),
     S.RUNNING: frozenset({S.STOPPING, S.RESTARTING, S.DELETING, S.MISSING, S.STOPPED}),
-    S.STOPPING: frozenset({S.STOPPED, S.RUNNING, S.DELETING}),
+    S.STOPPING: frozenset({S.STOPPED, S.RUNNING, S.DELETING, S.MISSING}),
     S.STOPPED: frozenset({S.STARTING, S.DELETING, S.MISSING, S.RUNNING}),
-    S.STARTING: frozenset({S.RUNNING, S.STOPPED, S.DELETING}),
-    S.RESTARTING: frozenset({S.RUNNING, S.STOPPED, S.DELETING}),
+    S.STARTING: frozenset({S.RUNNING, S.STOPPED, S.DELETING, S.MISSING}),
+    S.RESTARTING: frozenset({S.RUNNING, S.STOPPED, S.DELETING, S.MISSING}),
     # A failed provision can be retried, or deleted.
     S.FAILED: frozenset({S.PROVISIONING, S.DELETING}),
     # Reported by the reconciler; the operator decides (recreate = provision again, or delete).

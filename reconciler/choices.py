@@ -1,0 +1,76 @@
+"""What the reconciler finds, how dangerous each repair is, and the states of its records."""
+from __future__ import annotations
+
+from django.db import models
+
+
+class FindingType(models.TextChoices):
+    STALE_OPERATION = "stale_operation", "Stale operation"
+    STUCK_TRANSITION = "stuck_transition", "Stuck transition"
+    CONTAINER_MISSING = "container_missing", "Container missing"
+    ORPHAN_CONTAINER = "orphan_container", "Orphan container"
+    VMID_CONFLICT = "vmid_conflict", "VMID conflict"
+    POWER_DRIFT = "power_drift", "Power drift"
+    STATUS_DRIFT = "status_drift", "Status drift"
+    EDGE_DRIFT = "edge_drift", "Edge drift"
+    EDGE_ORPHAN = "edge_orphan", "Edge orphan"
+    AGENT_UNREACHABLE = "agent_unreachable", "Agent unreachable"
+    CRASH_LOOP = "crash_loop", "Crash loop"
+    PURGE_DUE = "purge_due", "Purge overdue"
+
+
+class Action(models.TextChoices):
+    NOTIFY = "notify", "Notify only"
+    CLEAR_STALE_OPERATION_LOCK = "clear_stale_operation_lock", "Clear stale operation lock"
+    SYNC_STATUS = "sync_status", "Sync status"
+    EDGE_REPUBLISH = "edge_republish", "Republish edge"
+    DNS_REPUBLISH = "dns_republish", "Republish DNS"
+    VELOCITY_REGISTER = "velocity_register", "Register with Velocity"
+    START_CONTAINER = "start_container", "Start container"
+    RECREATE_CONTAINER = "recreate_container", "Recreate container"
+    DESTROY_ORPHAN = "destroy_orphan", "Destroy orphan container"
+    DELETE_EDGE_ORPHAN = "delete_edge_orphan", "Delete orphan edge records"
+    PURGE = "purge", "Purge server"
+
+
+#: Level of each action: 0 observe/notify, 1 safe repair, 2 destructive (off by default).
+ACTION_LEVEL = {
+    Action.NOTIFY: 0,
+    Action.CLEAR_STALE_OPERATION_LOCK: 1,
+    Action.SYNC_STATUS: 1,
+    Action.EDGE_REPUBLISH: 1,
+    Action.DNS_REPUBLISH: 1,
+    Action.VELOCITY_REGISTER: 1,
+    Action.START_CONTAINER: 1,
+    Action.RECREATE_CONTAINER: 2,
+    Action.DESTROY_ORPHAN: 2,
+    Action.DELETE_EDGE_ORPHAN: 2,
+    Action.PURGE: 2,
+}
+
+
+class RepairState(models.TextChoices):
+    PROPOSED = "proposed", "Proposed (dry run)"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped (precondition no longer true)"
+    BLOCKED = "blocked", "Blocked (level, budget or breaker)"
+
+
+ACTIVE_REPAIR_STATES = frozenset({RepairState.QUEUED, RepairState.RUNNING})
+
+
+class BreakerState(models.TextChoices):
+    CLOSED = "closed", "Closed"
+    OPEN = "open", "Open"
+    HALF_OPEN = "half_open", "Half-open (probing)"
+
+
+class RunOutcome(models.TextChoices):
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    MASS_DRIFT = "mass_drift", "Mass drift: no repairs"
+    LEASE_LOST = "lease_lost", "Lease lost"
+    ERROR = "error", "Error"

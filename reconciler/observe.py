@@ -1,0 +1,169 @@
+"""Observe: one snapshot of the database and of every source, with a constant number of calls
+per source (agents aside: one status call per server that should be running, in parallel with
+a bound). Each source reports healthy or unknown; principle 7: unknown is not absent."""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from edge.errors import EdgeError
+from edge.services import BulkObservation, EdgeClients, observe_edge_bulk
+from lifecycle.choices import (
+    ACTIVE_OPERATION_STATES,
+    AllocationState,
+    InstanceStatus,
+    Kind,
+    PoolKind,
+)
+from lifecycle.clients.agent import AgentClient, AgentError
+from lifecycle.clients.proxmox import ProxmoxClient, ProxmoxError
+from lifecycle.models import Allocation, ContainerInstance, Operation
+from lifecycle.services.edge import edge_target_for
+
+logger = logging.getLogger(__name__)
+HEALTHY, UNKNOWN = "healthy", "unknown"
+
+#: Statuses in which the server's container should exist in Proxmox.
+CONTAINER_EXPECTED = frozenset({
+    InstanceStatus.RUNNING, InstanceStatus.STOPPED, InstanceStatus.STARTING,
+    InstanceStatus.STOPPING, InstanceStatus.RESTARTING, InstanceStatus.MISSING,
+    InstanceStatus.DELETED, InstanceStatus.RESTORING,
+})
+INSTANCE_FIELDS = ("id", "slug", "kind", "status", "desired_state", "suspended",
+                   "maintenance_lock", "node__name", "vmid", "ip", "ports", "status_changed_at",
+                   "purge_after")
+
+
+@dataclass
+class World:
+    now: datetime
+    instances: dict[str, dict[str, Any]]
+    active_ops: dict[str, dict[str, Any]]
+    vmid_owner: dict[int, str]
+    proxmox: dict[int, dict[str, Any]] | None = None
+    edge: BulkObservation | None = None
+    agents: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    #: source -> why it is unknown
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+def observe(*, renew=lambda: None) -> World:
+    """Take the snapshot; `renew` is called between sources (lease renewal)."""
+    now = timezone.now()
+    instances = {
+        str(row["id"]): row for row in ContainerInstance.objects.exclude(
+            status=InstanceStatus.PURGED).values(*INSTANCE_FIELDS)
+    }
+    active_ops = {
+        str(row["instance_id"]): row for row in Operation.objects.filter(
+            state__in=ACTIVE_OPERATION_STATES).values(
+            "id", "instance_id", "kind", "state", "lease_expires_at", "created_at", "worker")
+    }
+    vmid_owner = {
+        int(v): str(i) for v, i in Allocation.objects.filter(
+            pool__kind=PoolKind.VMID, state=AllocationState.CLAIMED).values_list(
+            "value", "instance_id")
+    }
+    world = World(now=now, instances=instances, active_ops=active_ops, vmid_owner=vmid_owner)
+    world.sources["database"] = HEALTHY
+    renew()
+    _observe_proxmox(world)
+    renew()
+    _observe_edge(world)
+    renew()
+    _observe_agents(world)
+    return world
+
+
+def _observe_proxmox(world: World) -> None:
+    client = ProxmoxClient.from_settings()
+    try:
+        resources = client.cluster_resources()
+    except ProxmoxError as err:
+        world.sources["proxmox"] = UNKNOWN
+        world.problems["proxmox"] = f"Proxmox unknown: {err.message}"
+        return
+    finally:
+        world.calls["proxmox"] = client.calls
+    by_vmid = {int(r["vmid"]): r for r in resources if r.get("type") == "lxc" and "vmid" in r}
+    expected = [i for i in world.instances.values() if i["status"] in CONTAINER_EXPECTED]
+    seen = sum(1 for i in expected if i["vmid"] in by_vmid)
+    # Implausible: Proxmox says "nothing" (or nearly) while we run many servers. An empty list
+    # from a confused API must not read as "every container vanished".
+    if expected and len(expected) >= 3 and seen == 0:
+        world.sources["proxmox"] = UNKNOWN
+        world.problems["proxmox"] = (
+            f"Proxmox implausible: lists {len(by_vmid)} containers, none of the "
+            f"{len(expected)} we expect")
+        return
+    world.proxmox = by_vmid
+    world.sources["proxmox"] = HEALTHY
+
+
+def _observe_edge(world: World) -> None:
+    targets = []
+    for inst in world.instances.values():
+        if inst["kind"] == Kind.GAME and inst["status"] == InstanceStatus.RUNNING:
+            target = _target(inst)
+            if target is not None:
+                targets.append(target)
+    clients = EdgeClients()
+    try:
+        world.edge = observe_edge_bulk(targets, clients=clients)
+    except EdgeError as err:  # observe_edge_bulk marks sources itself; this is a bug guard
+        world.problems["edge"] = f"edge unknown: {err.message}"
+    world.calls.update({f"edge_{k}": v for k, v in clients.calls().items()})
+    for source, health in (world.edge.sources if world.edge else {}).items():
+        world.sources[source] = health
+        if health != HEALTHY:
+            world.problems[source] = f"{source} unknown: its listing failed"
+
+
+def _target(inst: dict[str, Any]):
+    stub = ContainerInstance(id=inst["id"], slug=inst["slug"], kind=inst["kind"],
+                             ip=inst["ip"], ports=inst["ports"])
+    return edge_target_for(stub)
+
+
+def should_have_agent(world: World, inst: dict[str, Any]) -> bool:
+    if inst["status"] != InstanceStatus.RUNNING or world.proxmox is None:
+        return False
+    ct = world.proxmox.get(inst["vmid"])
+    return ct is not None and ct.get("status") == "running"
+
+
+def _observe_agents(world: World) -> None:
+    wanted = [i for i in world.instances.values() if should_have_agent(world, i)]
+
+    def check(inst: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        client = AgentClient.for_instance(ip=inst["ip"], vmid=inst["vmid"])
+        client.timeout = settings.RECONCILER_AGENT_TIMEOUT
+        try:
+            return str(inst["id"]), client.status()
+        except AgentError:
+            return str(inst["id"]), None
+        finally:
+            client.close()
+
+    if not wanted:
+        world.sources["agents"] = HEALTHY
+        return
+    with ThreadPoolExecutor(max_workers=settings.RECONCILER_AGENT_PARALLELISM) as pool:
+        for server_id, status in pool.map(check, wanted):
+            world.agents[server_id] = status
+    world.calls["agents"] = len(wanted)
+    failed = sum(1 for s in world.agents.values() if s is None)
+    # Every agent silent at once is a network problem on our side, not N broken servers.
+    if len(wanted) >= 3 and failed == len(wanted):
+        world.sources["agents"] = UNKNOWN
+        world.problems["agents"] = f"agents unknown: none of {len(wanted)} answered"
+    else:
+        world.sources["agents"] = HEALTHY

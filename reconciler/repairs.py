@@ -1,0 +1,303 @@
+"""The repairs: each re-checks its precondition on fresh state, acts (database writes fenced by
+the epoch; outside calls only while the epoch is current), then post-checks the live state and
+reports what it saw — never a success it did not observe."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from edge.services import EdgeClients, edge_republish, observe_edge_state
+from lifecycle.choices import (
+    ACTIVE_OPERATION_STATES,
+    TERMINAL_OPERATION_STATES,
+    TRANSIENT_STATUSES,
+    DesiredState,
+    InstanceStatus,
+    OperationKind,
+    OperationState,
+)
+from lifecycle.clients.agent import AgentClient, AgentError
+from lifecycle.clients.proxmox import ProxmoxClient, parse_tags
+from lifecycle.models import ContainerInstance, Operation
+from lifecycle.services.actions import server_request
+from lifecycle.services.audit import Actor
+from lifecycle.services.edge import edge_target_for
+from lifecycle.statemachines.instance import can_transition, instance_transition
+from lifecycle.statemachines.operation import operation_transition
+
+from .choices import Action, RepairState
+from .lease import FencedOut, current_epoch, fenced
+from .models import RepairEvent
+
+S = InstanceStatus
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    state: str
+    reason: str = ""
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+
+
+class Skip(Exception):
+    """The precondition no longer holds: nothing to do."""
+
+
+def _instance(event: RepairEvent) -> ContainerInstance:
+    inst = ContainerInstance.objects.select_related("node").filter(pk=event.instance_id).first()
+    if inst is None:
+        raise Skip("the server is gone")
+    return inst
+
+
+def _active_op(inst: ContainerInstance) -> Operation | None:
+    return Operation.objects.filter(instance=inst, state__in=ACTIVE_OPERATION_STATES).first()
+
+
+def _require_current(epoch: int) -> None:
+    """Before a call outside the database: act only while our epoch is current."""
+    if current_epoch() != epoch:
+        raise FencedOut(f"epoch {epoch} is no longer current")
+
+
+def _power(inst: ContainerInstance) -> tuple[str | None, bool]:
+    """(Proxmox power state or None if absent, whether the container is ours)."""
+    pve = ProxmoxClient.from_settings()
+    cfg = pve.ct_config(inst.node.name, inst.vmid) if inst.vmid and inst.node_id else None
+    if cfg is None:
+        return None, False
+    status = pve.ct_status(inst.node.name, inst.vmid) or {}
+    return status.get("status"), inst.proxmox_tag in parse_tags(cfg.get("tags"))
+
+
+def _agent_ready(inst: ContainerInstance) -> bool:
+    client = AgentClient.for_instance(ip=inst.ip, vmid=inst.vmid)
+    client.timeout = settings.RECONCILER_AGENT_TIMEOUT
+    try:
+        status = client.status()
+        return bool(status.get("ready"))
+    except AgentError:
+        return False
+    finally:
+        client.close()
+
+
+def _sync_target(inst: ContainerInstance) -> str | None:
+    """The status the live state says the server is in (None: leave it)."""
+    power, ours = _power(inst)
+    if power is None:
+        return S.FAILED if inst.status == S.PROVISIONING else S.MISSING
+    if not ours:
+        return None  # a foreign container: an operator decides
+    if power == "running":
+        return S.RUNNING if _agent_ready(inst) else None
+    return S.STOPPED
+
+
+def _wait_operation(op: Operation, *, timeout: float = 300) -> Operation:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        op.refresh_from_db()
+        if op.state in TERMINAL_OPERATION_STATES:
+            return op
+        time.sleep(0.3)
+    return op
+
+
+# --- actions ------------------------------------------------------------------------------------
+def clear_stale_operation_lock(event: RepairEvent, actor: Actor) -> Outcome:
+    inst = _instance(event)
+    op = _active_op(inst)
+    window = timedelta(seconds=settings.RECONCILER_STALE_OPERATION_SECONDS)
+    stale = timezone.now() - window  # a running op whose lease expired before this
+    stale_queued = timezone.now() - 2 * window  # a queued op created before this
+    if op is None or not ((op.state == OperationState.RUNNING and op.lease_expires_at
+                           and op.lease_expires_at < stale)
+                          or (op.state == OperationState.QUEUED and op.created_at < stale_queued)):
+        raise Skip("no stale operation any more")
+    before = {"operation": str(op.id), "state": op.state, "status": inst.status}
+    target = _sync_target(inst) if inst.status in TRANSIENT_STATUSES else None
+    with fenced(event.epoch):
+        operation_transition(
+            operation_id=op.id, expected=(OperationState.QUEUED, OperationState.RUNNING),
+            to=OperationState.STALE,
+            condition=Q(state=OperationState.QUEUED) | Q(lease_expires_at__lt=stale),
+            fields={"error": {"kind": "stale", "message": f"cleared by {actor.label}"}})
+        if target and can_transition(inst.status, target):
+            instance_transition(instance_id=inst.id, expected=inst.status, to=target, actor=actor,
+                                action="reconciler:sync_status")
+    op.refresh_from_db()
+    inst.refresh_from_db()
+    after = {"state": op.state, "active_slot": op.active_slot, "status": inst.status}
+    ok = op.state == OperationState.STALE and op.active_slot is None
+    return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED, before=before, after=after)
+
+
+def sync_status(event: RepairEvent, actor: Actor) -> Outcome:
+    inst = _instance(event)
+    if _active_op(inst) is not None:
+        raise Skip("an operation is active on the server")
+    target = _sync_target(inst)
+    if target is None or target == inst.status:
+        raise Skip(f"status {inst.status} agrees with what is observed now")
+    if not can_transition(inst.status, target):
+        raise Skip(f"{inst.status} -> {target} is not a transition the reconciler may make")
+    before = {"status": inst.status}
+    with fenced(event.epoch):
+        instance_transition(instance_id=inst.id, expected=inst.status, to=target, actor=actor,
+                            action="reconciler:sync_status")
+    inst.refresh_from_db()
+    seen = _sync_target(inst)  # post-check: the live state still says the same
+    ok = inst.status == target and seen in (target, None)
+    return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED, before=before,
+                   after={"status": inst.status, "observed": seen})
+
+
+def _edge_repair(parts: tuple[str, ...]) -> Callable[[RepairEvent, Actor], Outcome]:
+    def repair(event: RepairEvent, actor: Actor) -> Outcome:
+        inst = _instance(event)
+        target = edge_target_for(inst)
+        if inst.status != S.RUNNING or target is None or _active_op(inst) is not None:
+            raise Skip("the server is not a running game server (or is busy)")
+        clients = EdgeClients()
+        before = observe_edge_state(target, clients=clients).parts
+        if all(before.get(p) == "ok" for p in parts):
+            raise Skip("the edge is right again")
+        _require_current(event.epoch)
+        report = edge_republish(target, clients=clients)
+        after = report.observed.parts if report.observed else {}
+        ok = all(after.get(p) == "ok" for p in parts)
+        return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
+                       reason="; ".join(report.problems)[:300], before=before, after=after)
+    return repair
+
+
+def start_container(event: RepairEvent, actor: Actor) -> Outcome:
+    inst = _instance(event)
+    power, ours = _power(inst)
+    if not (inst.status == S.RUNNING and inst.desired_state == DesiredState.RUNNING
+            and power == "stopped" and ours and _active_op(inst) is None):
+        raise Skip("the container no longer needs starting")
+    with fenced(event.epoch):
+        instance_transition(instance_id=inst.id, expected=S.RUNNING, to=S.STOPPED, actor=actor,
+                            action="reconciler:sync_status")
+        op = server_request(instance_id=inst.id, kind=OperationKind.START, actor=actor)
+    op = _wait_operation(op)
+    power, _ = _power(inst)
+    inst.refresh_from_db()
+    ok = op.state == OperationState.SUCCEEDED and power == "running" and inst.status == S.RUNNING
+    return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
+                   reason="" if ok else f"start operation {op.state}",
+                   before={"power": "stopped", "operation": str(op.id)},
+                   after={"power": power, "status": inst.status, "operation": op.state})
+
+
+def recreate_container(event: RepairEvent, actor: Actor) -> Outcome:
+    inst = _instance(event)
+    power, _ = _power(inst)
+    if power is not None or _active_op(inst) is not None or inst.status not in (
+            S.MISSING, S.RUNNING, S.STOPPED):
+        raise Skip("the container is there again, or the server is busy")
+    with fenced(event.epoch):
+        if inst.status != S.MISSING:
+            instance_transition(instance_id=inst.id, expected=inst.status, to=S.MISSING,
+                                actor=actor, action="reconciler:sync_status")
+        op = server_request(instance_id=inst.id, kind=OperationKind.PROVISION, actor=actor)
+    op = _wait_operation(op)
+    inst.refresh_from_db()
+    ok = op.state == OperationState.SUCCEEDED and inst.status == S.RUNNING
+    return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
+                   before={"power": None}, after={"status": inst.status, "operation": op.state})
+
+
+def destroy_orphan(event: RepairEvent, actor: Actor) -> Outcome:
+    details = event.before
+    vmid, node, owner = int(details["vmid"]), details["node"], details["owner"]
+    if ContainerInstance.objects.filter(pk=owner).exclude(status=S.PURGED).exists():
+        raise Skip("its server exists after all")
+    pve = ProxmoxClient.from_settings()
+    cfg = pve.ct_config(node, vmid)
+    if cfg is None or f"zlh-{owner}" not in parse_tags(cfg.get("tags")):
+        raise Skip("the orphan is gone or not ours")
+    _require_current(event.epoch)
+    status = pve.ct_status(node, vmid) or {}
+    if status.get("status") == "running":
+        pve.task_wait(pve.ct_stop(node, vmid), timeout=settings.PROXMOX_TASK_TIMEOUT)
+    result = pve.task_wait(pve.ct_destroy(node, vmid), timeout=settings.PROXMOX_TASK_TIMEOUT)
+    gone = pve.ct_config(node, vmid) is None
+    return Outcome(RepairState.SUCCEEDED if gone else RepairState.FAILED,
+                   reason="" if gone else result.exitstatus, after={"present": not gone})
+
+
+def delete_edge_orphan(event: RepairEvent, actor: Actor) -> Outcome:
+    orphan = event.before
+    clients = EdgeClients()
+    _require_current(event.epoch)
+    source = orphan["source"]
+    if source == "cloudflare":
+        found = clients.cloudflare.delete_record(orphan["id"])
+        still = any(r["id"] == orphan["id"] for r in clients.cloudflare.list_records(
+            name=orphan["name"], type=orphan["type"]))
+    elif source == "technitium":
+        found = clients.technitium.delete_a(orphan["name"], orphan["ip"])
+        still = any((r.get("rData") or {}).get("ipAddress") == orphan["ip"]
+                    for r in clients.technitium.records(orphan["name"]))
+    else:
+        found = clients.velocity.unregister(orphan["name"])
+        still = any(s["name"] == orphan["name"] for s in clients.velocity.servers())
+    if not found and not still:
+        raise Skip("already gone")
+    return Outcome(RepairState.FAILED if still else RepairState.SUCCEEDED,
+                   after={"present": still})
+
+
+def purge(event: RepairEvent, actor: Actor) -> Outcome:
+    inst = _instance(event)
+    if inst.status != S.DELETED or _active_op(inst) is not None:
+        raise Skip("the server is not waiting for a purge")
+    with fenced(event.epoch):
+        op = server_request(instance_id=inst.id, kind=OperationKind.PURGE, actor=actor)
+    op = _wait_operation(op)
+    inst.refresh_from_db()
+    ok = inst.status == S.PURGED
+    return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
+                   after={"status": inst.status, "operation": op.state})
+
+
+REPAIRS: dict[str, Callable[[RepairEvent, Actor], Outcome]] = {
+    Action.CLEAR_STALE_OPERATION_LOCK: clear_stale_operation_lock,
+    Action.SYNC_STATUS: sync_status,
+    Action.EDGE_REPUBLISH: _edge_repair(("cloudflare_a", "cloudflare_srv", "technitium_a",
+                                         "velocity")),
+    Action.DNS_REPUBLISH: _edge_repair(("cloudflare_a", "cloudflare_srv", "technitium_a")),
+    Action.VELOCITY_REGISTER: _edge_repair(("velocity",)),
+    Action.START_CONTAINER: start_container,
+    Action.RECREATE_CONTAINER: recreate_container,
+    Action.DESTROY_ORPHAN: destroy_orphan,
+    Action.DELETE_EDGE_ORPHAN: delete_edge_orphan,
+    Action.PURGE: purge,
+}
+
+
+def execute(event: RepairEvent) -> Outcome:
+    actor = Actor.reconciler(event.epoch)
+    try:
+        return REPAIRS[event.action](event, actor)
+    except Skip as exc:
+        return Outcome(RepairState.SKIPPED, reason=str(exc))
+    except FencedOut as exc:
+        return Outcome(RepairState.SKIPPED, reason=f"fenced out: {exc}")
+    except Exception as exc:  # any failure is an observed failure of this repair, recorded
+        logger.warning("repair %s (%s) failed: %s", event.pk, event.action, exc)
+        return Outcome(RepairState.FAILED,
+                       reason=f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"[:300])

@@ -1,0 +1,330 @@
+"""The control loop: one cycle = lease → observe → diff → policy → queue repairs → record.
+
+Correct when run periodically alone (every 60 s from beat, or `manage.py reconcile`); a cycle
+that cannot get the lease exits at once (skip-if-busy). Repairs run as tasks on the `repair`
+queue, at most one active per (subject, action), each fenced by the cycle's epoch.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from notifications.services import (
+    alert_resolve,
+    notify_critical,
+    notify_info,
+    notify_warning,
+)
+
+from .choices import (
+    ACTIVE_REPAIR_STATES,
+    Action,
+    BreakerState,
+    FindingType,
+    RepairState,
+    RunOutcome,
+)
+from .diff import FindingSpec, diff
+from .lease import FencedOut, Lease, LeaseLost, acquire, fenced
+from .models import Breaker, ControllerRun, Finding, RepairEvent
+from .observe import HEALTHY, World, observe
+
+logger = logging.getLogger(__name__)
+
+#: Findings an operator must hear about at once (critical, with the role mention).
+CRITICAL_FINDINGS = frozenset({FindingType.CONTAINER_MISSING, FindingType.VMID_CONFLICT})
+
+
+def run_cycle(*, dry_run: bool | None = None, holder: str | None = None) -> dict[str, Any]:
+    """One reconcile pass. Returns a summary (also stored on its ControllerRun)."""
+    dry_run = settings.RECONCILER_DRY_RUN if dry_run is None else dry_run
+    lease = acquire(holder)
+    if lease is None:
+        return {"outcome": "skipped", "reason": "another controller holds the lease"}
+    run = ControllerRun.objects.create(epoch=lease.epoch, holder=lease.token[:128],
+                                       dry_run=dry_run)
+    summary: dict[str, Any] = {"run": run.pk, "epoch": lease.epoch, "dry_run": dry_run}
+    try:
+        with fenced(lease.epoch):
+            _retire_superseded_repairs(lease.epoch)
+        world = observe(renew=lease.renew)
+        lease.renew()
+        findings = diff(world)
+        summary.update(_act(world, findings, lease, run, dry_run))
+        outcome = summary.get("outcome", RunOutcome.COMPLETED)
+    except (LeaseLost, FencedOut) as exc:
+        logger.warning("reconcile cycle %s stopped: %s", run.pk, exc)
+        outcome, summary["error"] = RunOutcome.LEASE_LOST, str(exc)
+    except Exception as exc:  # recorded on the run; the next cycle starts afresh
+        logger.exception("reconcile cycle %s failed", run.pk)
+        outcome, summary["error"] = RunOutcome.ERROR, f"{type(exc).__name__}: {exc}"
+    finally:
+        lease.release()
+    ControllerRun.objects.filter(pk=run.pk).update(
+        finished_at=Now(), outcome=outcome, counts=summary.get("counts", {}),
+        sources=summary.get("sources", {}), calls=summary.get("calls", {}),
+        error=summary.get("error", "")[:2000])
+    summary["outcome"] = outcome
+    return summary
+
+
+def _retire_superseded_repairs(epoch: int) -> None:
+    """Repairs queued by an older epoch would be fenced out anyway: free their slots now, so
+    this cycle can queue them again (a lost message must not block a repair for ever)."""
+    RepairEvent.objects.filter(state=RepairState.QUEUED, epoch__lt=epoch).update(
+        state=RepairState.SKIPPED, active_slot=None, finished_at=Now(),
+        reason=f"superseded by epoch {epoch}")
+    cutoff = timezone.now() - timedelta(seconds=settings.RECONCILER_LEASE_SECONDS * 5)
+    RepairEvent.objects.filter(state=RepairState.RUNNING, epoch__lt=epoch,
+                               started_at__lt=cutoff).update(
+        state=RepairState.FAILED, active_slot=None, finished_at=Now(),
+        reason="abandoned by its worker")
+
+
+def _act(world: World, findings: list[FindingSpec], lease: Lease, run: ControllerRun,
+         dry_run: bool) -> dict[str, Any]:
+    counts: Counter[str] = Counter(f.finding_type for f in findings)
+    repairs_wanted = [f for f in findings if f.action != Action.NOTIFY
+                      and f.level in settings.RECONCILER_ENABLED_LEVELS]
+    limit = max(settings.RECONCILER_MASS_DRIFT_MIN,
+                int(settings.RECONCILER_MASS_DRIFT_FRACTION * max(1, len(world.instances))))
+    mass_drift = len(repairs_wanted) > limit
+    result: dict[str, Any] = {"sources": world.sources, "calls": world.calls}
+    with fenced(lease.epoch):
+        new_keys = _record_findings(world, findings)
+        _resolve_cleared(world, findings)
+        for source, problem in world.problems.items():
+            notify_critical(f"Reconciler: {source} is unknown",
+                            f"{problem}. No findings depend on it until it is healthy again.",
+                            alert_key=f"source:{source}")
+        for source, health in world.sources.items():
+            if health == HEALTHY:
+                alert_resolve(f"source:{source}", body=f"{source} is healthy again.")
+        if mass_drift:
+            notify_critical(
+                "Reconciler: mass drift, no repairs",
+                f"{len(repairs_wanted)} repairs wanted in one cycle (limit {limit}); none "
+                "was made. Look at the sources before enabling anything.",
+                fields=[{"name": t, "value": str(n)} for t, n in counts.most_common(25)],
+                alert_key="mass-drift")
+        else:
+            alert_resolve("mass-drift")
+        decided = Counter()
+        for finding in findings:
+            decided[_decide(finding, lease.epoch, run, dry_run, mass_drift,
+                            new=finding.key in new_keys, world=world)] += 1
+    lease.renew()
+    result["counts"] = {"findings": dict(counts), "decisions": dict(decided),
+                        "servers": len(world.instances)}
+    if mass_drift:
+        result["outcome"] = RunOutcome.MASS_DRIFT
+    return result
+
+
+def _record_findings(world: World, findings: list[FindingSpec]) -> set[str]:
+    """Upsert the findings of this cycle; alert once for each new one. Returns new keys."""
+    existing = {f.key: f for f in Finding.objects.filter(key__in=[f.key for f in findings])}
+    new_keys = set()
+    to_update = []
+    for spec in findings:
+        row = existing.get(spec.key)
+        if row is None or not row.open:
+            new_keys.add(spec.key)
+        if row is None:
+            row = Finding(key=spec.key, finding_type=spec.finding_type, level=spec.level,
+                          action=spec.action, instance_id=spec.instance_id,
+                          subject=spec.subject, details=_jsonable(spec.details),
+                          last_seen=world.now)
+            existing[spec.key] = row
+            row.save()
+        else:
+            row.open, row.resolved_at, row.last_seen = True, None, world.now
+            row.details = _jsonable(spec.details)
+            row.seen_count += 1
+            to_update.append(row)
+    if to_update:
+        Finding.objects.bulk_update(to_update, ["open", "resolved_at", "last_seen", "details",
+                                                "seen_count"])
+    for spec in findings:
+        if spec.key in new_keys:
+            _alert(spec)
+    return new_keys
+
+
+def _alert(spec: FindingSpec) -> None:
+    slug = spec.details.get("slug") or spec.subject
+    title = f"{spec.finding_type.replace('_', ' ')}: {slug}"
+    body = (f"Recommended action: {spec.action} (level {spec.level}"
+            f"{'' if spec.level in settings.RECONCILER_ENABLED_LEVELS else ', not enabled'}).")
+    fields = [{"name": k, "value": str(v)} for k, v in spec.details.items()][:20]
+    notify = notify_critical if spec.finding_type in CRITICAL_FINDINGS else notify_warning
+    notify(title, body, fields=fields, alert_key=f"finding:{spec.key}")
+
+
+def _resolve_cleared(world: World, findings: list[FindingSpec]) -> None:
+    """Open findings not seen this cycle are resolved — if the sources they depend on were
+    healthy (unknown is not absent)."""
+    if any(health != HEALTHY for health in world.sources.values()):
+        return
+    seen = {f.key for f in findings}
+    cleared = list(Finding.objects.filter(open=True).exclude(key__in=seen))
+    for row in cleared:
+        alert_resolve(f"finding:{row.key}", body="The reconciler no longer sees it.")
+    if cleared:
+        Finding.objects.filter(pk__in=[r.pk for r in cleared]).update(open=False,
+                                                                      resolved_at=Now())
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in data.items()}
+
+
+def _decide(f: FindingSpec, epoch: int, run: ControllerRun, dry_run: bool, mass_drift: bool,
+            *, new: bool, world: World) -> str:
+    """What to do about one finding; returns the decision (for the run's counts)."""
+    if f.action == Action.NOTIFY:
+        return "notified"
+    base = {"finding_type": f.finding_type, "action": f.action, "level": f.level,
+            "instance_id": f.instance_id, "subject": f.subject, "epoch": epoch, "run": run,
+            "before": _jsonable(f.details)}
+    if dry_run:
+        RepairEvent.objects.create(**base, dry_run=True, state=RepairState.PROPOSED,
+                                   reason="dry run")
+        return "proposed"
+    refusal = None
+    if f.level not in settings.RECONCILER_ENABLED_LEVELS:
+        refusal = f"level {f.level} is not enabled"
+    elif mass_drift:
+        refusal = "mass-drift guard"
+    elif f.instance_id and world.instances.get(f.instance_id, {}).get("suspended"):
+        refusal = "server is suspended"
+    elif f.instance_id and _over_budget(f.instance_id):
+        refusal = (f"repair budget of {settings.RECONCILER_REPAIR_BUDGET_PER_HOUR}/hour "
+                   "used up")
+    else:
+        refusal = _breaker_refusal(f.action)
+    if refusal:
+        if new or not RepairEvent.objects.filter(subject=f.subject, action=f.action,
+                                                 state=RepairState.BLOCKED,
+                                                 reason=refusal).exists():
+            RepairEvent.objects.create(**base, state=RepairState.BLOCKED, reason=refusal)
+            if refusal != "mass-drift guard":
+                notify_warning(f"Repair refused: {f.action} for {f.details.get('slug', f.subject)}",
+                               f"{f.finding_type}: {refusal}. An operator has to look.",
+                               alert_key=f"refused:{f.key}:{refusal.split(' ')[0]}")
+        return "blocked"
+    slot = f"{f.subject}:{f.action}"
+    try:
+        with transaction.atomic():
+            event = RepairEvent.objects.create(**base, state=RepairState.QUEUED,
+                                               active_slot=slot)
+    except IntegrityError:
+        return "already_active"
+    transaction.on_commit(lambda: _enqueue_repair(event.pk))
+    return "queued"
+
+
+def _over_budget(instance_id: str) -> bool:
+    since = timezone.now() - timedelta(hours=1)
+    used = RepairEvent.objects.filter(
+        instance_id=instance_id, created_at__gte=since,
+        state__in=(RepairState.QUEUED, RepairState.RUNNING, RepairState.SUCCEEDED,
+                   RepairState.FAILED)).count()
+    return used >= settings.RECONCILER_REPAIR_BUDGET_PER_HOUR
+
+
+def _breaker_refusal(action: str) -> str | None:
+    breaker = Breaker.objects.filter(action=action).first()
+    if breaker is None or breaker.state == BreakerState.CLOSED:
+        return None
+    cooled = breaker.opened_at and timezone.now() - breaker.opened_at >= timedelta(
+        seconds=settings.RECONCILER_BREAKER_COOLDOWN_SECONDS)
+    probing = RepairEvent.objects.filter(action=action, state__in=ACTIVE_REPAIR_STATES).exists()
+    if breaker.state == BreakerState.OPEN and cooled and not probing:
+        Breaker.objects.filter(pk=action, state=BreakerState.OPEN).update(
+            state=BreakerState.HALF_OPEN)
+        return None  # this one repair is the probe
+    if breaker.state == BreakerState.HALF_OPEN and not probing:
+        return None
+    return f"breaker for {action} is {breaker.state}"
+
+
+def _enqueue_repair(repair_id: int) -> None:
+    from .tasks import run_repair
+
+    try:
+        run_repair.apply_async(args=[repair_id], queue="repair")
+    except Exception:  # the next cycle retires and re-queues it
+        logger.warning("could not enqueue repair %s", repair_id)
+
+
+# --- running one repair ------------------------------------------------------------------------
+def repair_run(*, repair_id: int) -> str:
+    """Claim a queued repair, run it, record what was observed, update its breaker."""
+    from .repairs import execute
+
+    claimed = RepairEvent.objects.filter(pk=repair_id, state=RepairState.QUEUED).update(
+        state=RepairState.RUNNING, started_at=Now())
+    if not claimed:
+        return "not-claimed"
+    event = RepairEvent.objects.get(pk=repair_id)
+    outcome = execute(event)
+    RepairEvent.objects.filter(pk=repair_id, state=RepairState.RUNNING).update(
+        state=outcome.state, active_slot=None, finished_at=Now(),
+        reason=outcome.reason[:300], after=_jsonable(outcome.after),
+        before=_jsonable({**event.before, **outcome.before}))
+    _record_breaker(event, outcome.state, outcome.reason)
+    slug = event.before.get("slug", event.subject)
+    if outcome.state == RepairState.SUCCEEDED:
+        notify_info(f"Repaired: {event.action} for {slug}",
+                    f"{event.finding_type}; post-check: {outcome.after}")
+    elif outcome.state == RepairState.FAILED:
+        notify_warning(f"Repair failed: {event.action} for {slug}",
+                       f"{event.finding_type}: {outcome.reason or 'post-check did not confirm'}",
+                       alert_key=f"repair-failed:{event.subject}:{event.action}")
+    return outcome.state
+
+
+def _record_breaker(event: RepairEvent, state: str, reason: str) -> None:
+    if state not in (RepairState.SUCCEEDED, RepairState.FAILED):
+        return
+    Breaker.objects.get_or_create(action=event.action)
+    with transaction.atomic():
+        breaker = Breaker.objects.select_for_update().get(action=event.action)
+        if state == RepairState.SUCCEEDED:
+            if breaker.state != BreakerState.CLOSED:
+                alert_resolve(f"breaker:{event.action}", body="A probe repair succeeded.")
+            breaker.state, breaker.consecutive_failures, breaker.opened_at = (
+                BreakerState.CLOSED, 0, None)
+        else:
+            breaker.consecutive_failures += 1
+            breaker.last_failure = reason[:1000]
+            if breaker.state == BreakerState.HALF_OPEN or (
+                    breaker.consecutive_failures >= settings.RECONCILER_BREAKER_THRESHOLD):
+                breaker.state, breaker.opened_at = BreakerState.OPEN, timezone.now()
+                notify_critical(f"Breaker open: {event.action}",
+                                f"{breaker.consecutive_failures} consecutive failures; last: "
+                                f"{reason}. Repairs of this kind are paused.",
+                                alert_key=f"breaker:{event.action}")
+        breaker.save()
+
+
+def breaker_reset(*, action: str) -> None:
+    """Operator: close a breaker by hand."""
+    Breaker.objects.filter(action=action).update(state=BreakerState.CLOSED,
+                                                 consecutive_failures=0, opened_at=None)
+    alert_resolve(f"breaker:{action}", body="Reset by an operator.")
+
+
+def open_findings_count() -> dict[str, int]:
+    return dict(Finding.objects.filter(open=True).values_list("finding_type").annotate(
+        n=Count("id")).values_list("finding_type", "n"))
+
