@@ -13,6 +13,7 @@ demo: services venv migrate
 
 ## Set everything up and run the whole suite against real MariaDB, Redis and workers.
 test: services venv
+	bash deploy/test-deps.sh
 	$(PY) manage.py check --fail-level WARNING
 	$(PY) manage.py makemigrations --check --dry-run >/dev/null || \
 	  { echo "models and migrations disagree: run makemigrations"; exit 1; }

@@ -12,6 +12,9 @@ class Notification(models.Model):
     channel = models.CharField(max_length=16, choices=Channel.choices, db_index=True)
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.EVENT)
     alert_key = models.CharField(max_length=200, blank=True, db_index=True)
+    # What it is about (a server's id, say): lets other apps list a thing's notifications
+    # without this app knowing their models.
+    subject = models.CharField(max_length=64, blank=True, db_index=True)
     title = models.CharField(max_length=256)
     body = models.TextField(blank=True)
     # Extra facts as embed fields: [{"name", "value"}]; redacted before storing.

@@ -37,7 +37,7 @@ def webhook_url(channel: str) -> str:
 # --- raising ---------------------------------------------------------------------------------
 def notify(channel: str, title: str, body: str = "", *, fields: list[dict[str, Any]] | None = None,
            alert_key: str = "", payload: dict[str, Any] | None = None,
-           mention: bool = False) -> Notification | None:
+           mention: bool = False, subject: str = "") -> Notification | None:
     """Write a notification; returns the row, or None when an alert repeat was suppressed."""
     if channel not in Channel.values:
         raise ValueError(f"unknown channel {channel!r}")
@@ -48,6 +48,7 @@ def notify(channel: str, title: str, body: str = "", *, fields: list[dict[str, A
             channel=channel,
             kind=Kind.FIRING if alert_key else Kind.EVENT,
             alert_key=alert_key[:200],
+            subject=str(subject)[:64],
             title=discord.clip(redact_text(title), discord.TITLE_MAX),
             body=redact_text(body or ""),
             fields=redact(fields or []),

@@ -17,6 +17,7 @@ from django.db.models import Count
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from notifications.redaction import redact, redact_text
 from notifications.services import (
     alert_resolve,
     notify_critical,
@@ -166,7 +167,8 @@ def _alert(spec: FindingSpec) -> None:
             f"{'' if spec.level in settings.RECONCILER_ENABLED_LEVELS else ', not enabled'}).")
     fields = [{"name": k, "value": str(v)} for k, v in spec.details.items()][:20]
     notify = notify_critical if spec.finding_type in CRITICAL_FINDINGS else notify_warning
-    notify(title, body, fields=fields, alert_key=f"finding:{spec.key}")
+    notify(title, body, fields=fields, alert_key=f"finding:{spec.key}",
+           subject=spec.instance_id or "")
 
 
 def _resolve_cleared(world: World, findings: list[FindingSpec]) -> None:
@@ -184,7 +186,9 @@ def _resolve_cleared(world: World, findings: list[FindingSpec]) -> None:
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in data.items()}
+    """JSON-safe and redacted: what the reconciler stores about what it saw."""
+    return redact({k: (v.isoformat() if hasattr(v, "isoformat") else v)
+                   for k, v in data.items()})
 
 
 def _decide(f: FindingSpec, epoch: int, run: ControllerRun, dry_run: bool, mass_drift: bool,
@@ -279,8 +283,8 @@ def repair_run(*, repair_id: int) -> str:
     outcome = execute(event)
     RepairEvent.objects.filter(pk=repair_id, state=RepairState.RUNNING).update(
         state=outcome.state, active_slot=None, finished_at=Now(),
-        reason=outcome.reason[:300], after=_jsonable(outcome.after),
-        before=_jsonable({**event.before, **outcome.before}))
+        reason=redact_text(outcome.reason)[:300], after=redact(_jsonable(outcome.after)),
+        before=redact(_jsonable({**event.before, **outcome.before})))
     _record_breaker(event, outcome.state, outcome.reason)
     slug = event.before.get("slug", event.subject)
     if outcome.state == RepairState.SUCCEEDED:
@@ -306,7 +310,7 @@ def _record_breaker(event: RepairEvent, state: str, reason: str) -> None:
                 BreakerState.CLOSED, 0, None)
         else:
             breaker.consecutive_failures += 1
-            breaker.last_failure = reason[:1000]
+            breaker.last_failure = redact_text(reason)[:1000]
             if breaker.state == BreakerState.HALF_OPEN or (
                     breaker.consecutive_failures >= settings.RECONCILER_BREAKER_THRESHOLD):
                 breaker.state, breaker.opened_at = BreakerState.OPEN, timezone.now()
@@ -328,3 +332,20 @@ def open_findings_count() -> dict[str, int]:
     return dict(Finding.objects.filter(open=True).values_list("finding_type").annotate(
         n=Count("id")).values_list("finding_type", "n"))
 
+
+
+def preview_servers(*, instance_ids: list[str]) -> list[dict[str, Any]]:
+    """What the reconciler would find and do for these servers right now: observe and diff,
+    no lease, no writes (the operator's "reconcile this server now" preview)."""
+    world = observe()
+    wanted = {str(i) for i in instance_ids}
+    rows = []
+    for f in diff(world):
+        if f.instance_id in wanted:
+            enabled = f.level in settings.RECONCILER_ENABLED_LEVELS
+            rows.append({"server": world.instances[f.instance_id]["slug"],
+                         "finding": f.finding_type, "action": f.action, "level": f.level,
+                         "would_repair": (f.action != Action.NOTIFY and enabled
+                                          and not settings.RECONCILER_DRY_RUN),
+                         "details": _jsonable(f.details)})
+    return [{"sources": world.sources}] + rows

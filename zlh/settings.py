@@ -57,7 +57,7 @@ WSGI_APPLICATION = "zlh.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "zlh" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

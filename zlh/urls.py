@@ -5,6 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from lifecycle.api import health
 
+admin.site.site_header = "ZeroLagHub operator panel"
+admin.site.site_title = "ZLH operator"
+admin.site.index_title = "Platform"
+
 urlpatterns = [
     path("api/v1/", include("lifecycle.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

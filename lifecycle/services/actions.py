@@ -93,3 +93,21 @@ def _refusal(kind: str, status: str) -> str:
     if status == S.PURGED:
         return "The server has been purged."
     return f"Cannot {kind} a server that is {status}."
+
+
+@transaction.atomic
+def server_set_flags(*, instance_id: Any, actor: Actor, maintenance_lock: bool | None = None,
+                     suspended: bool | None = None) -> ContainerInstance:
+    """Set the operator flags: a maintenance lock keeps the reconciler's hands off; a suspended
+    server may not be started."""
+    inst = ContainerInstance.objects.select_for_update().get(pk=instance_id)
+    changes = {}
+    if maintenance_lock is not None and inst.maintenance_lock != maintenance_lock:
+        changes["maintenance_lock"] = maintenance_lock
+    if suspended is not None and inst.suspended != suspended:
+        changes["suspended"] = suspended
+    if changes:
+        ContainerInstance.objects.filter(pk=inst.pk).update(**changes)
+        audit_record(actor=actor, instance_id=inst.id, action="flags:set", data=changes)
+        inst.refresh_from_db()
+    return inst

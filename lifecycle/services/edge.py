@@ -104,3 +104,23 @@ def velocity_resync_run() -> dict[str, Any]:
     logger.info("velocity resync: %d servers, %d changes, extra %s", result["servers"],
                 result["changed"], result["extra"])
     return result
+
+
+def server_republish_edge(*, instance_id: Any, actor: Any) -> dict[str, Any]:
+    """Publish a running game server's edge now and post-check it (operator action)."""
+    from .audit import audit_record
+
+    inst = ContainerInstance.objects.get(pk=instance_id)
+    target = edge_target_for(inst)
+    if target is None:
+        return {"ok": False, "problems": ["dev containers have no per-server edge"]}
+    if inst.status != InstanceStatus.RUNNING:
+        return {"ok": False, "problems": [f"the server is {inst.status}; the edge is published "
+                                          "only for running servers"]}
+    try:
+        report = edge_republish(target)
+        result = {"ok": report.ok, "actions": report.actions, "problems": report.problems}
+    except EdgeError as err:
+        result = {"ok": False, "problems": [err.message]}
+    audit_record(actor=actor, instance_id=inst.id, action="edge:republish", data=result)
+    return result

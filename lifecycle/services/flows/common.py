@@ -339,7 +339,8 @@ def wait_ready(ctx: OperationContext, agent: AgentClient) -> dict[str, Any]:
             crash = status.get("crash") or {}
             inst = ctx.instance()
             notify_warning(f"{inst.slug} crashed while starting", str(crash.get("reason") or ""),
-                           fields=server_facts(inst), alert_key=f"crash:{inst.id}")
+                           fields=server_facts(inst), alert_key=f"crash:{inst.id}",
+                           subject=str(inst.id))
             raise StepError(f"the game crashed while starting: {crash.get('reason')}",
                             retryable=True, kind="crashed")
         if status.get("provisioningComplete") and status.get("ready"):

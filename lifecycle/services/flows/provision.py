@@ -53,7 +53,7 @@ def run(ctx: OperationContext) -> None:
 
 def _announce_running(inst: ContainerInstance) -> None:
     notify_lifecycle(f"{inst.slug} is running", "Provisioning succeeded.",
-                     fields=server_facts(inst))
+                     fields=server_facts(inst), subject=str(inst.id))
     alert_resolve(f"provision-failed:{inst.id}", body=f"{inst.slug} is running now.")
 
 
@@ -61,9 +61,10 @@ def on_failure(ctx: OperationContext, error: dict[str, Any]) -> None:
     settle_on_failure(ctx, expected=(S.PENDING, S.PROVISIONING), to=S.FAILED, error=error)
     inst = ctx.instance()
     notify_lifecycle(f"Provisioning {inst.slug} failed", error["message"],
-                     fields=server_facts(inst))
+                     fields=server_facts(inst), subject=str(inst.id))
     notify_warning(f"Provisioning {inst.slug} failed", error["message"],
-                   fields=server_facts(inst), alert_key=f"provision-failed:{inst.id}")
+                   fields=server_facts(inst), alert_key=f"provision-failed:{inst.id}",
+                   subject=str(inst.id))
 
 
 PROVISION = Flow(run=run, on_failure=on_failure)

@@ -41,7 +41,7 @@ def _run_delete(ctx: OperationContext) -> None:
            announce=lambda inst: notify_lifecycle(
                f"{inst.slug} deleted",
                f"Restorable until {purge_after:%Y-%m-%d %H:%M} UTC, purged after that.",
-               fields=server_facts(inst)))
+               fields=server_facts(inst), subject=str(inst.id)))
 
 
 def _run_restore(ctx: OperationContext) -> None:
@@ -73,7 +73,7 @@ def _run_purge(ctx: OperationContext) -> None:
                announce=lambda inst: notify_lifecycle(
                    f"{inst.slug} purged",
                    f"Container destroyed; {released} allocations in quarantine.",
-                   fields=server_facts(inst)))
+                   fields=server_facts(inst), subject=str(inst.id)))
 
 
 def _restore_failed(ctx: OperationContext, error: dict[str, Any]) -> None:
