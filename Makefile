@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test services venv migrate check bench clean-venv
 
 ## Run the whole system on this machine (Ctrl-C stops everything it started).
-demo: services venv migrate
+demo: services venv
 	$(PY) -m devstack.demo
 
 ## Set everything up and run the whole suite against real MariaDB, Redis and workers.

@@ -1,13 +1,21 @@
-"""`make demo`: run the control plane on this machine and show sample servers moving.
+"""`make demo`: the whole control plane on this machine, with sample servers you can watch.
 
-Starts the devstack (fakepve and the agents), the API (gunicorn), a Celery worker for every
-queue and one beat, seeds a VMID pool and two nodes if the database has none, prints an admin login and a portal API token, creates
-sample servers through the REST API and shows their progress. Ctrl-C or SIGTERM stops every
-process it started, by process id.
+Starts the devstack (fakepve with two nodes, the agents, Cloudflare, Technitium, the Velocity
+bridge and Discord stand-ins), the API (gunicorn), one Celery worker per queue and one beat, on a
+demo database and Redis database of their own that are reset at every start (the devstack is
+new every time too, so nothing stale survives). Seeds a VMID pool and two nodes, prints an admin
+login and a portal API token, creates sample servers through the REST API and shows them move
+through their states. Ctrl-C or SIGTERM stops every process it started, by process id.
 
-Options (environment): DEMO_SAMPLES (default 3, 0 for none), API_PORT (default 8000),
-DEVSTACK_TIME_SCALE (default 0.05), DEMO_EXIT_AFTER (seconds; exit on its own, for CI),
-DATABASE_URL / REDIS_URL as usual.
+Options (environment):
+  DEMO_SAMPLES          how many sample servers (default 3; 0 for none)
+  API_PORT              the API's port (default 8000)
+  DEVSTACK_TIME_SCALE   real seconds per simulated second (default 0.05)
+  DEMO_EXIT_WHEN_READY  1: exit once every sample runs and every printed URL answers (for CI)
+  DEMO_READY_TIMEOUT    seconds to wait for that (default 240)
+  DEMO_EXIT_AFTER       exit after this many seconds whatever happens
+  DEMO_DATABASE_URL     default: DATABASE_URL with "_demo" appended to the database name
+  DEMO_REDIS_URL        default: REDIS_URL's server, database 1
 """
 from __future__ import annotations
 
@@ -21,11 +29,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".devstack"
 LOGS = STATE / "logs"
 PY = sys.executable
+QUEUES = ("lifecycle", "repair", "edge", "notify")
 
 SAMPLES = [
     {"name": "demo-vanilla", "kind": "game", "variant": "vanilla", "version": "1.21.1",
@@ -37,44 +47,60 @@ SAMPLES = [
 ]
 
 
-def manage(*args: str, capture: bool = False) -> str:
-    result = subprocess.run([PY, "manage.py", *args], cwd=REPO, check=True, text=True,
-                            capture_output=capture, timeout=300)
-    return result.stdout if capture else ""
+def _demo_urls() -> tuple[str, str]:
+    db = os.environ.get("DEMO_DATABASE_URL")
+    if not db:
+        parts = urlsplit(os.environ.get("DATABASE_URL", "mysql://zlh:zlh@127.0.0.1:3306/zlh"))
+        db = urlunsplit(parts._replace(path=parts.path.rstrip("/") + "_demo"))
+    redis_url = os.environ.get("DEMO_REDIS_URL")
+    if not redis_url:
+        parts = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        redis_url = urlunsplit(parts._replace(path="/1"))
+    return db, redis_url
 
 
-def seed() -> None:
-    """Pools and nodes for a first run; an existing setup is left as it is."""
-    manage("vmidpool", "--range", "5000-5999")
-    manage("node", "add", "pve1", "--memory-mb", "65536", "--cores", "16",
-           "--subnet", "10.10.1.0/24", "--gateway", "10.10.1.1", "--ports", "30000-30999")
-    manage("node", "add", "pve2", "--memory-mb", "65536", "--cores", "16",
-           "--subnet", "10.10.2.0/24", "--gateway", "10.10.2.1", "--ports", "30000-30999")
+def _reset_database(url: str) -> None:
+    """Drop and re-create the demo database (never the one in DATABASE_URL)."""
+    import MySQLdb
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    if not name.replace("_", "").isalnum() or not name.endswith("_demo"):
+        raise SystemExit(f"refusing to reset {name!r}: the demo only resets a *_demo database")
+    conn = MySQLdb.connect(host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
+                           user=parts.username or "", password=parts.password or "",
+                           connect_timeout=10)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    finally:
+        conn.close()
 
 
-def admin_login() -> tuple[str, str]:
-    password = secrets.token_urlsafe(12)
-    code = (
-        "from django.contrib.auth import get_user_model as g;U=g();"
-        "u,_=U.objects.get_or_create(username='admin');u.is_staff=u.is_superuser=True;"
-        f"u.set_password({password!r});u.save()"
-    )
-    manage("shell", "--no-imports", "-c", code)
-    return "admin", password
+def _reset_redis(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5).flushdb()
 
 
 class Processes:
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
         self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.env = dict(os.environ)
+        self.env = env
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run([PY, "manage.py", *args], cwd=REPO, check=True, text=True,
+                                capture_output=True, timeout=600, env=self.env)
+        return result.stdout
 
     def start(self, name: str, argv: list[str]) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
-        log = open(LOGS / f"{name}.log", "ab")
+        log = open(LOGS / f"{name}.log", "wb")
         proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=self.env)
         self.procs.append((name, proc))
-        print(f"  started {name:8} pid {proc.pid}  (log: {LOGS / (name + '.log')})")
+        print(f"  started {name:17} pid {proc.pid:<7} log {LOGS / (name + '.log')}")
 
     def check(self) -> None:
         for name, proc in self.procs:
@@ -82,11 +108,11 @@ class Processes:
                 raise SystemExit(f"{name} exited with {proc.returncode}; see {LOGS}/{name}.log")
 
     def stop(self) -> None:
-        for name, proc in self.procs:
+        for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for name, proc in self.procs:
+        deadline = time.monotonic() + 20
+        for name, proc in reversed(self.procs):
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -106,9 +132,11 @@ def http(method: str, url: str, token: str | None = None, body: dict | None = No
         req.add_header(k, v)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
+            raw = resp.read()
+            return resp.status, (json.loads(raw) if raw[:1] in (b"{", b"[") else {})
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        raw = exc.read()
+        return exc.code, (json.loads(raw) if raw[:1] in (b"{", b"[") else {})
 
 
 def wait_ready(base: str, procs: Processes, timeout: float = 60) -> None:
@@ -128,16 +156,16 @@ def main() -> int:
     port = int(os.environ.get("API_PORT", "8000"))
     samples = int(os.environ.get("DEMO_SAMPLES", "3"))
     exit_after = float(os.environ.get("DEMO_EXIT_AFTER", "0") or 0)
+    exit_when_ready = os.environ.get("DEMO_EXIT_WHEN_READY") == "1"
+    ready_timeout = float(os.environ.get("DEMO_READY_TIMEOUT", "240"))
     base = f"http://127.0.0.1:{port}"
     STATE.mkdir(exist_ok=True)
-
-    print("Preparing the database …")
-    manage("collectstatic", "--noinput", capture=True)
-    seed()
-    user, password = admin_login()
-    token = manage("apitoken", "demo", "--create", capture=True).strip().splitlines()[-1]
-
-    procs = Processes()
+    db_url, redis_url = _demo_urls()
+    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url,
+           "DJANGO_SETTINGS_MODULE": "zlh.settings", "PYTHONUNBUFFERED": "1"}
+    env.pop("CELERY_BROKER_URL", None)
+    env.setdefault("VELOCITY_FORWARDING_SECRET", secrets.token_urlsafe(16))
+    procs = Processes(env)
     stopping = False
 
     def on_signal(signum, frame):
@@ -146,7 +174,26 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    print(f"Preparing a fresh demo database ({urlsplit(db_url).path.lstrip('/')}) …")
+    _reset_database(db_url)
+    _reset_redis(redis_url)
+    procs.manage("migrate", "--noinput")
+    procs.manage("collectstatic", "--noinput")
+    procs.manage("vmidpool", "--range", "5000-5999")
+    for i in (1, 2):
+        procs.manage("node", "add", f"pve{i}", "--memory-mb", "65536", "--cores", "16",
+                     "--subnet", f"10.10.{i}.0/24", "--gateway", f"10.10.{i}.1",
+                     "--ports", f"3{i - 1}000-3{i - 1}999")
+    password = secrets.token_urlsafe(12)
+    procs.manage("shell", "--no-imports", "-c", (
+        "from django.contrib.auth import get_user_model as g;U=g();"
+        "u,_=U.objects.get_or_create(username='admin');u.is_staff=u.is_superuser=True;"
+        f"u.set_password({password!r});u.save()"))
+    token = procs.manage("apitoken", "demo", "--create").strip().splitlines()[-1]
+    procs.manage("setquota", "demo", "--max-servers", "20", "--max-memory-mb", "65536")
+
     print("Starting processes …")
+    code = 0
     try:
         endpoints_file = STATE / "endpoints.json"
         endpoints_file.unlink(missing_ok=True)
@@ -160,54 +207,82 @@ def main() -> int:
             time.sleep(0.2)
         from devstack.endpoints import control_plane_env, load
 
-        procs.env.update(control_plane_env(load(endpoints_file)))
-        procs.env.setdefault("VELOCITY_FORWARDING_SECRET", secrets.token_urlsafe(16))
+        env.update(control_plane_env(load(endpoints_file)))
         procs.start("api", [PY, "-m", "gunicorn", "zlh.wsgi", "--bind", f"127.0.0.1:{port}",
                             "--workers", "2", "--timeout", "60"])
-        procs.start("worker", [PY, "-m", "celery", "-A", "zlh", "worker", "--loglevel", "INFO",
-                               "-Q", "lifecycle,repair,edge,notify", "--concurrency", "2",
-                               "-n", "demo@%h"])
+        for queue in QUEUES:
+            procs.start(f"worker-{queue}", [
+                PY, "-m", "celery", "-A", "zlh", "worker", "-Q", queue, "--concurrency", "2",
+                "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO"])
         procs.start("beat", [PY, "-m", "celery", "-A", "zlh", "beat", "--loglevel", "INFO"])
         wait_ready(base, procs)
 
-        created = []
+        created = {}
         for body in SAMPLES[:samples]:
             status, data = http("POST", f"{base}/api/v1/servers", token, body,
                                 {"Idempotency-Key": f"demo-{body['name']}"})
             if status == 202:
-                created.append(data["id"])
+                created[data["id"]] = body["name"]
             else:
                 print(f"  sample {body['name']}: {status} {data.get('message')}")
 
+        urls = {
+            "Admin": f"{base}/admin/",
+            "API docs": f"{base}/api/docs/",
+            "Reconciler": f"{base}/admin/reconciler/controllerrun/dashboard/",
+            "Servers (API)": f"{base}/api/v1/servers",
+        }
         print()
-        print(f"  Admin:            {base}/admin/   (user {user}, password {password})")
-        print(f"  API docs:         {base}/api/docs/")
-        print(f"  API token (demo): {token}")
-        print(f"  Try:              curl -H 'Authorization: Bearer {token}' {base}/api/v1/servers")
+        print(f"  Admin login:   admin / {password}")
+        for label, url in urls.items():
+            print(f"  {label + ':':15}{url}")
+        print(f"  API token:     {token}")
+        print(f"  Try:           curl -H 'Authorization: Bearer {token}' {base}/api/v1/servers")
         print("  Ctrl-C stops everything.\n")
 
         started = time.monotonic()
         last = ""
         while not stopping:
             procs.check()
+            states = {}
             lines = []
-            for sid in created:
+            for sid, name in created.items():
                 _, s = http("GET", f"{base}/api/v1/servers/{sid}/status", token)
                 op = s.get("operation") or {}
-                lines.append(f"  {sid[:8]}  {s.get('status', '?'):13} desired {s.get('desired_state', '?'):8}"
-                             f" op {op.get('kind', '-')}:{op.get('state', '-')}")
+                states[sid] = s.get("status")
+                lines.append(f"  {name:14} {s.get('status', '?'):13} wants "
+                             f"{s.get('desired_state', '?'):8} {op.get('kind', '-')}:"
+                             f"{op.get('state', '-')} {('step ' + op['step']) if op.get('step') else ''}")
             view = "\n".join(lines)
             if view != last:
-                print(time.strftime("%H:%M:%S"), "servers:")
+                print(time.strftime("%H:%M:%S"), "samples:")
                 print(view)
                 last = view
+            if exit_when_ready and created and all(v == "running" for v in states.values()):
+                code = _check_urls(urls, token)
+                print("All samples are running." if code == 0 else "Some URL did not answer.")
+                break
+            if exit_when_ready and time.monotonic() - started > ready_timeout:
+                print(f"Samples not running after {ready_timeout:.0f}s: {states}")
+                code = 1
+                break
             if exit_after and time.monotonic() - started > exit_after:
                 break
-            time.sleep(2)
+            time.sleep(1)
     finally:
         print("Stopping …")
         procs.stop()
-    return 0
+    return code
+
+
+def _check_urls(urls: dict[str, str], token: str) -> int:
+    bad = 0
+    for label, url in urls.items():
+        status, _ = http("GET", url, token if "/api/v1/" in url else None)
+        ok = status in (200, 302)
+        print(f"  {label:15}{status} {'ok' if ok else 'FAILED'}")
+        bad += not ok
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

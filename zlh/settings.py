@@ -172,6 +172,12 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "ENUM_NAME_OVERRIDES": {
+        "ServerKindEnum": "lifecycle.choices.Kind",
+        "OperationKindEnum": "lifecycle.choices.OperationKind",
+        "InstanceStatusEnum": "lifecycle.choices.InstanceStatus",
+        "OperationStateEnum": "lifecycle.choices.OperationState",
+    },
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +272,6 @@ OPERATION_RETRY_BASE_SECONDS = env.float("OPERATION_RETRY_BASE_SECONDS", default
 OPERATION_RETRY_MAX_SECONDS = env.float("OPERATION_RETRY_MAX_SECONDS", default=60.0)
 # A queued operation whose message was sent longer ago than this is sent again by the sweeper.
 OPERATION_REENQUEUE_AFTER_SECONDS = env.float("OPERATION_REENQUEUE_AFTER_SECONDS", default=60.0)
-SWEEP_INTERVAL_SECONDS = env.int("SWEEP_INTERVAL_SECONDS", default=30)
 
 # ---------------------------------------------------------------------------------------------
 # Reconciler (DESIGN §5)
