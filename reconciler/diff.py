@@ -110,6 +110,11 @@ def diff(world: World) -> list[FindingSpec]:
         elif status == S.STOPPED and power == "running":
             out.append(FindingSpec(FindingType.STATUS_DRIFT, Action.SYNC_STATUS, iid, iid,
                                    {**facts, "observed": power}))
+        elif status == S.STOPPED and power == "stopped" and \
+                inst["desired_state"] == DesiredState.RUNNING:
+            # Wanted running but left stopped (a start that failed for good): start it.
+            out.append(FindingSpec(FindingType.POWER_DRIFT, Action.START_CONTAINER, iid, iid,
+                                   {**facts, "observed": power}))
 
         if status == S.RUNNING and power == "running" and _healthy(world, "agents"):
             agent = world.agents.get(iid, "absent")

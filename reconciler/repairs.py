@@ -185,12 +185,13 @@ def _edge_repair(parts: tuple[str, ...]) -> Callable[[RepairEvent, Actor], Outco
 def start_container(event: RepairEvent, actor: Actor) -> Outcome:
     inst = _instance(event)
     power, ours = _power(inst)
-    if not (inst.status == S.RUNNING and inst.desired_state == DesiredState.RUNNING
+    if not (inst.status in (S.RUNNING, S.STOPPED) and inst.desired_state == DesiredState.RUNNING
             and power == "stopped" and ours and _active_op(inst) is None):
         raise Skip("the container no longer needs starting")
     with fenced(event.epoch):
-        instance_transition(instance_id=inst.id, expected=S.RUNNING, to=S.STOPPED, actor=actor,
-                            action="reconciler:sync_status")
+        if inst.status == S.RUNNING:  # the database believed it ran: say what is true first
+            instance_transition(instance_id=inst.id, expected=S.RUNNING, to=S.STOPPED,
+                                actor=actor, action="reconciler:sync_status")
         op = server_request(instance_id=inst.id, kind=OperationKind.START, actor=actor)
     op = _wait_operation(op)
     power, _ = _power(inst)
