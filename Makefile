@@ -17,7 +17,9 @@ test: services venv
 	$(PY) manage.py check --fail-level WARNING
 	$(PY) manage.py makemigrations --check --dry-run >/dev/null || \
 	  { echo "models and migrations disagree: run makemigrations"; exit 1; }
+	rm -rf artifacts/chaos
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@cat artifacts/chaos/*.txt 2>/dev/null || true
 
 ## MariaDB and Redis running locally (installed from Debian packages if missing).
 services:

@@ -141,6 +141,9 @@ class AgentFleet:
             agent.hung = False
             if agent.provisioning_complete and agent.state in ("stopped", "crashed", "installed"):
                 self._start_game(agent)
+            elif agent.payload is not None and not agent.provisioning_complete and \
+                    agent.state == "idle":
+                self._install(agent, agent.payload)  # the agent resumes a cut-short install
         return agent
 
     # --- game ---------------------------------------------------------------------------------
@@ -226,10 +229,11 @@ class AgentFleet:
             return json_response({"error": "payload must be JSON"}, 400)
         if not isinstance(payload, dict) or payload.get("kind") not in ("game", "dev"):
             return json_response({"error": "payload needs kind game|dev"}, 400)
-        if agent.payload is not None and agent.state != "failed":
+        if agent.payload is not None and agent.state not in ("failed", "idle"):
             if agent.payload == payload:
                 return json_response({"accepted": True, "replay": True}, 200)
             return json_response({"error": "already provisioned with another payload"}, 409)
+        # idle with a payload: an install was cut short (the container went away); start over.
         self._install(agent, payload)
         return json_response({"accepted": True}, 202)
 

@@ -104,7 +104,10 @@ class DevPve(FakePve):
         if self.guest(vmid) is None:
             return json_response({"error": f"no guest {vmid}"}, 404)
         secs = (await request.json()).get("secs")
-        await self.hold_config_lock(vmid, secs)
+        try:
+            await self.hold_config_lock(vmid, secs)
+        except TaskError as exc:  # a task holds it right now
+            return json_response({"error": str(exc)}, 409)
         return json_response({"vmid": vmid, "locked_for": secs})
 
     async def _sim_unlock(self, request: web.Request) -> web.Response:

@@ -45,9 +45,10 @@ def diff(world: World) -> list[FindingSpec]:
     grace = timedelta(seconds=settings.RECONCILER_PURGE_GRACE_SECONDS)
 
     for iid, op in world.active_ops.items():
+        # Only a running operation whose worker is long gone holds a stale lock: queued ones
+        # (including those waiting out a retry backoff) are the sweeper's to re-send.
         lease = op["lease_expires_at"]
-        if (op["state"] == "running" and lease and world.now - lease > stale) or (
-                op["state"] == "queued" and world.now - op["created_at"] > stale * 2):
+        if op["state"] == "running" and lease and world.now - lease > stale:
             out.append(FindingSpec(FindingType.STALE_OPERATION, Action.CLEAR_STALE_OPERATION_LOCK,
                                    subject=iid, instance_id=iid,
                                    details={"operation": str(op["id"]), "kind": op["kind"],
@@ -129,7 +130,7 @@ def diff(world: World) -> list[FindingSpec]:
                                             "reason": crash.get("reason")}))
 
     if proxmox_ok:
-        live = set(world.instances)
+        live = set(world.instances) | world.known_ids
         for owner, vmid in tag_owner.items():
             if owner not in live:
                 out.append(FindingSpec(FindingType.ORPHAN_CONTAINER, Action.DESTROY_ORPHAN,
@@ -155,13 +156,16 @@ def diff(world: World) -> list[FindingSpec]:
                       else Action.DNS_REPUBLISH if dns else Action.VELOCITY_REGISTER)
             out.append(FindingSpec(FindingType.EDGE_DRIFT, action, iid, iid,
                                    {"parts": broken, "slug": inst["slug"]}))
+        slugs = {i["slug"].lower() for i in world.instances.values()} | world.known_slugs
         for orphan in world.edge.orphans:
             if world.sources.get(orphan["source"]) != HEALTHY:
                 continue
             owner = orphan.get("owner")
-            if owner and owner in world.instances and \
-                    world.instances[owner]["status"] not in (S.RUNNING,):
-                continue  # a stopped or deleted server's records: not orphans yet
+            # Records of a server that still exists (stopping, deleting, stopped…) belong to
+            # its own flows; an orphan is one whose server is gone.
+            if (owner and (owner in world.instances or owner in world.known_ids)) or (
+                    orphan["source"] == "velocity" and orphan["name"].lower() in slugs):
+                continue
             subject = f"{orphan['source']}:{orphan.get('type', 'reg')}:{orphan['name']}"
             out.append(FindingSpec(FindingType.EDGE_ORPHAN, Action.DELETE_EDGE_ORPHAN, subject,
                                    None, orphan))

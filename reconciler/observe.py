@@ -53,6 +53,10 @@ class World:
     calls: dict[str, int] = field(default_factory=dict)
     #: source -> why it is unknown
     problems: dict[str, str] = field(default_factory=dict)
+    #: Servers (not purged) and their slugs, read again after every source was listed: a
+    #: server created while we listed is not mistaken for the owner-less one of an orphan.
+    known_ids: set[str] = field(default_factory=set)
+    known_slugs: set[str] = field(default_factory=set)
 
 
 def observe(*, renew=lambda: None) -> World:
@@ -80,6 +84,10 @@ def observe(*, renew=lambda: None) -> World:
     _observe_edge(world)
     renew()
     _observe_agents(world)
+    for iid, slug in ContainerInstance.objects.exclude(status=InstanceStatus.PURGED).values_list(
+            "id", "slug"):
+        world.known_ids.add(str(iid))
+        world.known_slugs.add(slug.lower())
     return world
 
 

@@ -100,8 +100,12 @@ def _sync_target(inst: ContainerInstance) -> str | None:
     if not ours:
         return None  # a foreign container: an operator decides
     if power == "running":
-        return S.RUNNING if _agent_ready(inst) else None
-    return S.STOPPED
+        if _agent_ready(inst):
+            return S.RUNNING
+        # A provisioning nobody is carrying on is a failed one: the owner (or an operator) can
+        # retry it, and the retry adopts the container.
+        return S.FAILED if inst.status == S.PROVISIONING else None
+    return S.FAILED if inst.status == S.PROVISIONING else S.STOPPED
 
 
 def _wait_operation(op: Operation, *, timeout: float = 300) -> Operation:
@@ -120,18 +124,15 @@ def clear_stale_operation_lock(event: RepairEvent, actor: Actor) -> Outcome:
     op = _active_op(inst)
     window = timedelta(seconds=settings.RECONCILER_STALE_OPERATION_SECONDS)
     stale = timezone.now() - window  # a running op whose lease expired before this
-    stale_queued = timezone.now() - 2 * window  # a queued op created before this
-    if op is None or not ((op.state == OperationState.RUNNING and op.lease_expires_at
-                           and op.lease_expires_at < stale)
-                          or (op.state == OperationState.QUEUED and op.created_at < stale_queued)):
+    if op is None or not (op.state == OperationState.RUNNING and op.lease_expires_at
+                          and op.lease_expires_at < stale):
         raise Skip("no stale operation any more")
     before = {"operation": str(op.id), "state": op.state, "status": inst.status}
     target = _sync_target(inst) if inst.status in TRANSIENT_STATUSES else None
     with fenced(event.epoch):
         operation_transition(
-            operation_id=op.id, expected=(OperationState.QUEUED, OperationState.RUNNING),
-            to=OperationState.STALE,
-            condition=Q(state=OperationState.QUEUED) | Q(lease_expires_at__lt=stale),
+            operation_id=op.id, expected=OperationState.RUNNING, to=OperationState.STALE,
+            condition=Q(lease_expires_at__lt=stale),
             fields={"error": {"kind": "stale", "message": f"cleared by {actor.label}"}})
         if target and can_transition(inst.status, target):
             instance_transition(instance_id=inst.id, expected=inst.status, to=target, actor=actor,
