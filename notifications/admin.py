@@ -21,7 +21,11 @@ class NotificationAdmin(admin.ModelAdmin):
         from .services import notify
 
         for row in queryset:
-            notify(row.channel, row.title, row.body, fields=row.fields, payload=row.payload)
+            notify(row.channel, row.title, row.body, fields=row.fields, payload=row.payload,
+                   subject=row.subject)
+            # This app may not import the lifecycle audit trail; Django's admin log records
+            # who did it (and shows in the object's history).
+            self.log_change(request, row, "resent")
         messages.info(request, f"{queryset.count()} notifications queued again.")
 
 
@@ -40,6 +44,7 @@ class ChannelStateAdmin(admin.ModelAdmin):
         for state in queryset:
             channel_enable(state.channel)
             enqueue_send(state.channel)
+            self.log_change(request, state, "re-enabled")
         messages.info(request, "Channels re-enabled.")
 
 
