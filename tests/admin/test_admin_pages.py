@@ -131,3 +131,23 @@ def test_reconciler_dashboard_and_breaker_reset(admin_client):
     assert "Breaker for velocity_register reset" in resp.content.decode()
     assert Breaker.objects.get().state == "closed"
     assert AuditEvent.objects.get(action="breaker:reset").actor_label == "op"
+
+
+def test_notification_resend_and_channel_enable_are_logged_with_the_admin(admin_client):
+    from django.contrib.admin.models import LogEntry
+
+    from notifications.models import ChannelState, Notification
+
+    row = notify_warning("disk almost full", "pve1 at 91 %")
+    resp = admin_client.post("/admin/notifications/notification/",
+                             {"action": "resend", "_selected_action": [str(row.pk)]},
+                             follow=True)
+    assert "queued again" in resp.content.decode()
+    assert Notification.objects.filter(title="disk almost full").count() == 2
+    ChannelState.objects.create(channel="lifecycle", disabled=True, disabled_reason="404")
+    admin_client.post("/admin/notifications/channelstate/",
+                      {"action": "enable", "_selected_action": ["lifecycle"]}, follow=True)
+    assert not ChannelState.objects.get(channel="lifecycle").disabled
+    messages = set(LogEntry.objects.filter(user__username="op").values_list("change_message",
+                                                                             flat=True))
+    assert {"resent", "re-enabled"} <= messages
