@@ -43,7 +43,7 @@ def main() -> int:
             targets = [EdgeTarget(server_id=str(uuid.uuid4()), slug=f"srv{i}",
                                   backend_ip=f"10.{1 + i // 60000}.{(i // 250) % 240}.{i % 250 + 2}",
                                   backend_port=30000 + i % 1000) for i in range(n)]
-            zone, ip = settings.EDGE_ZONE, settings.VELOCITY_PUBLIC_IP
+            ip = settings.VELOCITY_PUBLIC_IP
             stack.sim("cloudflare", "POST", "/_sim/records", json=[
                 rec for t in targets for rec in (
                     {"type": "A", "name": t.fqdn, "content": ip, "ttl": 60, "proxied": False,

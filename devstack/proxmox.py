@@ -131,7 +131,7 @@ class DevPve(FakePve):
         """Bulk-add containers (benchmarks): [{"vmid", "node", "tags", "status", "hostname"}]."""
         specs = await request.json()
         for spec in specs:
-            ct = self.add_ct(int(spec["vmid"]), spec.get("hostname"),
+            self.add_ct(int(spec["vmid"]), spec.get("hostname"),
                              node=spec.get("node", "pve1"), status=spec.get("status", "stopped"),
                              config={"tags": spec.get("tags", ""), "memory": spec.get("memory", 512)})
         return json_response({"added": len(specs)}, 201)

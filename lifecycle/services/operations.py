@@ -16,6 +16,7 @@ from ..models import Operation
 
 logger = logging.getLogger(__name__)
 
+
 def operation_create(*, instance_id: Any, kind: str, requested_by: str,
                      params: dict[str, Any] | None = None) -> Operation:
     """Insert an operation holding the instance's active slot; call inside a transaction.

@@ -9,7 +9,6 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from lifecycle.models import Allocation, ContainerInstance, Node, Operation
-from lifecycle.services.allocations import vmid_pool_ensure
 from lifecycle.services.servers import server_create
 from lifecycle.services.sweeper import operation_sweep, quarantine_release, server_purge_due
 from tests.support.platform import game_body, make_user

@@ -1,7 +1,6 @@
 """Provisioning end to end and under duplicate delivery, killed workers and a wiped Redis."""
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pytest
@@ -15,7 +14,7 @@ from tests.support.platform import game_body
 from tests.support.waiting import wait_until
 from tests.support.workers import start_worker
 
-from tests.support.stack import FORWARDING_SECRET, wait_operation, wait_status
+from tests.support.stack import FORWARDING_SECRET, wait_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.lifecycle]
 

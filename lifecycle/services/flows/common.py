@@ -189,6 +189,26 @@ def _foreign_or_ours_elsewhere(pve: ProxmoxClient, inst: ContainerInstance,
                     kind="already_exists")
 
 
+def run_task(ctx: OperationContext, pve: ProxmoxClient, start: Callable[[], str], *, what: str,
+             done: tuple[str, ...]) -> bool:
+    """Start a Proxmox task and wait for it (renewing the lease). An error of a kind in `done`
+    — raised at once or as the task's exitstatus — means the goal already holds (PVE says "CT
+    already running", "does not exist", …). Returns False in that case, True if the task ran."""
+    try:
+        upid = start()
+    except ProxmoxError as err:
+        if err.kind in done:
+            return False
+        raise
+    result = pve.task_wait(upid, timeout=settings.PROXMOX_TASK_TIMEOUT, on_tick=ctx.renew)
+    if not result.ok:
+        err = pve.task_error(result, what)
+        if err.kind not in done:
+            raise err
+        return False
+    return True
+
+
 def container_power(pve: ProxmoxClient, inst: ContainerInstance) -> str | None:
     status = pve.ct_status(inst.node.name, inst.vmid)
     return None if status is None else str(status.get("status"))
@@ -200,17 +220,8 @@ def container_start(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerIn
         raise StepError(f"CT {inst.vmid} does not exist on {inst.node.name}", kind="missing")
     if power == "running":
         return
-    try:
-        upid = pve.ct_start(inst.node.name, inst.vmid)
-    except ProxmoxError as err:
-        if err.kind == "already_running":
-            return
-        raise
-    result = pve.task_wait(upid, timeout=settings.PROXMOX_TASK_TIMEOUT, on_tick=ctx.renew)
-    if not result.ok:
-        err = pve.task_error(result, f"start CT {inst.vmid}")
-        if err.kind != "already_running":
-            raise err
+    run_task(ctx, pve, lambda: pve.ct_start(inst.node.name, inst.vmid),
+             what=f"start CT {inst.vmid}", done=("already_running",))
     ctx.note(f"CT {inst.vmid} started")
 
 
@@ -250,16 +261,9 @@ def container_stop(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerIns
         if not err.retryable:
             raise
         ctx.note(f"shutdown failed ({err.message}); stopping hard")
-    try:
-        upid = pve.ct_stop(node, vmid)
-    except ProxmoxError as err:
-        if err.kind in ("not_running", "not_found"):
-            return
-        raise
-    result = pve.task_wait(upid, timeout=settings.PROXMOX_TASK_TIMEOUT, on_tick=ctx.renew)
-    if not result.ok:
-        raise pve.task_error(result, f"stop CT {vmid}")
-    ctx.note(f"CT {vmid} stopped hard")
+    if run_task(ctx, pve, lambda: pve.ct_stop(node, vmid), what=f"stop CT {vmid}",
+                done=("not_running", "not_found")):
+        ctx.note(f"CT {vmid} stopped hard")
 
 
 def container_destroy(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInstance) -> None:
@@ -274,25 +278,11 @@ def container_destroy(ctx: OperationContext, pve: ProxmoxClient, inst: Container
         ctx.note(f"CT {vmid} is not ours; left alone")
         return
     if container_power(pve, inst) == "running":
-        try:
-            result = pve.task_wait(pve.ct_stop(node, vmid),
-                                   timeout=settings.PROXMOX_TASK_TIMEOUT, on_tick=ctx.renew)
-            if not result.ok:
-                raise pve.task_error(result, f"stop CT {vmid}")
-        except ProxmoxError as err:
-            if err.kind not in ("not_running", "not_found"):
-                raise
-    try:
-        upid = pve.ct_destroy(node, vmid)
-    except ProxmoxError as err:
-        if err.kind == "not_found":
-            return
-        raise
-    result = pve.task_wait(upid, timeout=settings.PROXMOX_TASK_TIMEOUT, on_tick=ctx.renew)
-    if not result.ok:
-        err = pve.task_error(result, f"destroy CT {vmid}")
-        if err.kind != "not_found":
-            raise err
+        run_task(ctx, pve, lambda: pve.ct_stop(node, vmid), what=f"stop CT {vmid}",
+                 done=("not_running", "not_found"))
+    if not run_task(ctx, pve, lambda: pve.ct_destroy(node, vmid), what=f"destroy CT {vmid}",
+                    done=("not_found",)):
+        return
     ctx.note(f"CT {vmid} destroyed")
 
 
