@@ -145,7 +145,7 @@ if is_local "$REDIS_HOST"; then
   if ! redis_up; then
     log "starting Redis"
     $SUDO mkdir -p /var/lib/redis /var/log/redis
-    # Redis is ephemeral execution here (DESIGN §1.2): nothing is persisted on purpose.
+    # Redis is ephemeral execution here (docs/design.md): nothing is persisted on purpose.
     $SUDO redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" \
       --appendonly no --dir /var/lib/redis --logfile /var/log/redis/zlh.log
     wait_for "Redis" redis_up

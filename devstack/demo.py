@@ -31,11 +31,12 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from zlh.celery import QUEUES  # one worker per queue, as deployed
+
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".devstack"
 LOGS = STATE / "logs"
 PY = sys.executable
-QUEUES = ("lifecycle", "repair", "edge", "notify")
 
 SAMPLES = [
     {"name": "demo-vanilla", "kind": "game", "variant": "vanilla", "version": "1.21.1",

@@ -5,7 +5,7 @@ edge stand-ins (Cloudflare, Technitium, the Velocity bridge) and Discord.
                                 [--proxmox-port 0] [--agents-port 0]
 
 Everything binds to 127.0.0.1; port 0 picks a free port. The URLs and credentials of what was
-started are written to the endpoints file (DESIGN §9), then "DEVSTACK READY <file>" is printed.
+started are written to the endpoints file, then "DEVSTACK READY <file>" is printed.
 Runs until SIGINT/SIGTERM.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `/_sim/` control API every stand-in shares (DESIGN §9).
+"""The `/_sim/` control API every stand-in shares.
 
 `POST /_sim/faults` with `{"method", "path" (regex), "status", "body"?, "count", "delay_s"?}`
 makes the next `count` matching calls fail (or only stall, when no status is given);

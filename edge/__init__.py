@@ -1,1 +1,1 @@
-"""The player-facing edge: Cloudflare DNS, Technitium DNS, Velocity registration (DESIGN §6)."""
+"""The player-facing edge: Cloudflare DNS, Technitium DNS, Velocity registration."""

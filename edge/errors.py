@@ -1,13 +1,9 @@
-"""Errors of the edge systems, classified once: `kind` says what happened, `retryable` whether
-trying again can help."""
+"""Errors of the edge systems (Cloudflare, Technitium, Velocity): `kind` says what happened,
+`retryable` whether trying again can help (see core.errors)."""
 from __future__ import annotations
 
+from core.errors import ExternalError
 
-class EdgeError(Exception):
-    def __init__(self, message: str, *, kind: str = "error", retryable: bool = False,
-                 codes: tuple[int, ...] = ()) -> None:
-        super().__init__(message)
-        self.message = message
-        self.kind = kind
-        self.retryable = retryable
-        self.codes = codes
+
+class EdgeError(ExternalError):
+    system = "edge"

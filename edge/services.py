@@ -1,12 +1,12 @@
-"""Publishing a game server's edge, and seeing what is really there (DESIGN §6).
+"""Publishing a game server's edge, and seeing what is really there.
 
 For a server `slug` with id `uuid` in zone Z:
   Cloudflare  A   slug.Z                  -> Velocity's public IP (not proxied)
   Cloudflare  SRV _minecraft._tcp.slug.Z  -> 0 5 <Velocity port> slug.Z
   Technitium  A   slug.<internal zone>    -> the container IP
   Velocity    slug -> container IP:port, forced host slug.Z
-DNS records carry the comment `zlh:<uuid>`: a record without it is foreign and is never changed
-or deleted, only reported. Everything here works on plain values (EdgeTarget); nothing imports
+DNS records carry the ownership comment `zlh:<uuid>` (core.ownership): a record without it is
+foreign and is never changed or deleted, only reported. Everything here works on plain values (EdgeTarget); nothing imports
 the lifecycle app.
 """
 from __future__ import annotations
@@ -17,14 +17,16 @@ from typing import Any
 
 from django.conf import settings
 
+from core.health import Health
+from core.ownership import owner_from_comment, record_comment
+
+from .choices import PARTS, Part, Source, Verdict
 from .clients.cloudflare import CloudflareClient
 from .clients.technitium import TechnitiumClient
 from .clients.velocity import VelocityClient
 from .errors import EdgeError
 
-OK, MISSING, WRONG, FOREIGN = "ok", "missing", "wrong", "foreign"
-PARTS = ("cloudflare_a", "cloudflare_srv", "technitium_a", "velocity")
-SOURCES = ("cloudflare", "technitium", "velocity")
+OK, MISSING, WRONG, FOREIGN = Verdict.OK, Verdict.MISSING, Verdict.WRONG, Verdict.FOREIGN
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class EdgeTarget:
 
     @property
     def owner_comment(self) -> str:
-        return f"zlh:{self.server_id}"
+        return record_comment(self.server_id)
 
     @property
     def backend(self) -> str:
@@ -84,7 +86,7 @@ class BulkObservation:
     by_server: dict[str, EdgeObservation]
     #: Records and registrations carrying our marker for a server not in the targets.
     orphans: list[dict[str, Any]]
-    #: Source -> "healthy" or "unknown" (its listing failed: no findings from it).
+    #: Source -> Health (unknown: its listing failed, so no verdicts or findings from it).
     sources: dict[str, str]
     calls: dict[str, int]
 
@@ -149,9 +151,10 @@ def evaluate(t: EdgeTarget, *, cf: dict[tuple[str, str], list[dict]] | None,
     obs = EdgeObservation(server_id=t.server_id)
     mine = t.owner_comment
     if cf is None:
-        obs.parts["cloudflare_a"] = obs.parts["cloudflare_srv"] = "unknown"
+        obs.parts[Part.CLOUDFLARE_A] = obs.parts[Part.CLOUDFLARE_SRV] = Verdict.UNKNOWN
     else:
-        for part, wanted in (("cloudflare_a", _cf_a_wanted(t)), ("cloudflare_srv", _cf_srv_wanted(t))):
+        for part, wanted in ((Part.CLOUDFLARE_A, _cf_a_wanted(t)),
+                             (Part.CLOUDFLARE_SRV, _cf_srv_wanted(t))):
             found = cf.get((wanted["type"], wanted["name"]), [])
             obs.parts[part] = _judge(found, lambda r, w=wanted: _cf_matches(r, w),
                                      lambda r: r.get("comment") == mine)
@@ -160,10 +163,10 @@ def evaluate(t: EdgeTarget, *, cf: dict[tuple[str, str], list[dict]] | None,
                     obs.problems.append(f"foreign {r['type']} record at {r['name']} "
                                         f"({r.get('content')!r}, comment {r.get('comment')!r})")
     if tech is None:
-        obs.parts["technitium_a"] = "unknown"
+        obs.parts[Part.TECHNITIUM_A] = Verdict.UNKNOWN
     else:
         found = [r for r in tech.get(t.internal_fqdn, []) if r.get("type") == "A"]
-        obs.parts["technitium_a"] = _judge(
+        obs.parts[Part.TECHNITIUM_A] = _judge(
             found, lambda r: (r.get("rData") or {}).get("ipAddress") == t.backend_ip,
             lambda r: r.get("comments") == mine)
         for r in found:
@@ -171,15 +174,15 @@ def evaluate(t: EdgeTarget, *, cf: dict[tuple[str, str], list[dict]] | None,
                 obs.problems.append(f"foreign internal A record at {t.internal_fqdn} "
                                     f"({(r.get('rData') or {}).get('ipAddress')})")
     if velocity is None:
-        obs.parts["velocity"] = "unknown"
+        obs.parts[Part.VELOCITY] = Verdict.UNKNOWN
     else:
         reg = velocity.get(t.slug.lower())
         if reg is None:
-            obs.parts["velocity"] = MISSING
+            obs.parts[Part.VELOCITY] = MISSING
         elif reg.get("address") == t.backend and t.fqdn in reg.get("hosts", []):
-            obs.parts["velocity"] = OK
+            obs.parts[Part.VELOCITY] = OK
         else:
-            obs.parts["velocity"] = WRONG
+            obs.parts[Part.VELOCITY] = WRONG
     return obs
 
 
@@ -224,39 +227,40 @@ def observe_edge_bulk(targets: Iterable[EdgeTarget], *,
     try:
         # One paged listing of the zone: our records and any foreign ones at our names.
         cf = _index_cf(clients.cloudflare.list_records())
-        sources["cloudflare"] = "healthy"
+        sources[Source.CLOUDFLARE] = Health.HEALTHY
     except EdgeError:
-        sources["cloudflare"] = "unknown"
+        sources[Source.CLOUDFLARE] = Health.UNKNOWN
     try:
         tech = _index_tech(clients.technitium.records())
-        sources["technitium"] = "healthy"
+        sources[Source.TECHNITIUM] = Health.HEALTHY
     except EdgeError:
-        sources["technitium"] = "unknown"
+        sources[Source.TECHNITIUM] = Health.UNKNOWN
     try:
         vel = _index_velocity(clients.velocity.servers())
-        sources["velocity"] = "healthy"
+        sources[Source.VELOCITY] = Health.HEALTHY
     except EdgeError:
-        sources["velocity"] = "unknown"
+        sources[Source.VELOCITY] = Health.UNKNOWN
     by_server = {t.server_id: evaluate(t, cf=cf, tech=tech, velocity=vel) for t in targets}
     known_ids = {t.server_id for t in targets}
     known_slugs = {t.slug.lower() for t in targets}
     orphans: list[dict[str, Any]] = []
     for records in (cf or {}).values():
         for r in records:
-            comment = r.get("comment") or ""
-            if comment.startswith("zlh:") and comment[4:] not in known_ids:
-                orphans.append({"source": "cloudflare", "type": r["type"], "name": r["name"],
-                                "id": r["id"], "owner": comment[4:]})
+            owner = owner_from_comment(r.get("comment"))
+            if owner is not None and owner not in known_ids:
+                orphans.append({"source": Source.CLOUDFLARE, "type": r["type"], "name": r["name"],
+                                "id": r["id"], "owner": owner})
     for name, records in (tech or {}).items():
         for r in records:
-            comment = r.get("comments") or ""
-            if comment.startswith("zlh:") and comment[4:] not in known_ids:
-                orphans.append({"source": "technitium", "type": r.get("type"), "name": name,
-                                "owner": comment[4:],
+            owner = owner_from_comment(r.get("comments"))
+            if owner is not None and owner not in known_ids:
+                orphans.append({"source": Source.TECHNITIUM, "type": r.get("type"), "name": name,
+                                "owner": owner,
                                 "ip": (r.get("rData") or {}).get("ipAddress")})
     for name, reg in (vel or {}).items():
         if name not in known_slugs:
-            orphans.append({"source": "velocity", "name": name, "address": reg.get("address")})
+            orphans.append({"source": Source.VELOCITY, "name": name,
+                            "address": reg.get("address")})
     return BulkObservation(by_server=by_server, orphans=orphans, sources=sources,
                            calls=clients.calls())
 

@@ -6,18 +6,16 @@ display (`pretty_json`), on top of being redacted when stored.
 """
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from django.contrib import admin, messages
-from django.db.models import Count, Exists, OuterRef, Q, Subquery
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
+from core.admin import ReadOnlyAdmin, ReadOnlyInline, badge, pretty_json
+from core.redaction import redact
 from notifications.models import Notification
-from notifications.redaction import redact
 
-from .choices import InstanceStatus, OperationKind
+from .choices import InstanceStatus
 from .errors import LifecycleError
 from .models import (
     AccountQuota,
@@ -29,48 +27,30 @@ from .models import (
     Node,
     Operation,
 )
+from .operation_kinds import SPECS, OperationSpec
 from .services.actions import server_request, server_set_flags
 from .services.audit import Actor, audit_record
+from .services.edge import server_republish_edge
 
 S = InstanceStatus
-COLOURS = {
-    S.RUNNING: "#2e7d32", S.STOPPED: "#616161", S.FAILED: "#c62828", S.MISSING: "#c62828",
-    S.PENDING: "#6d4c41", S.DELETED: "#455a64", S.PURGED: "#212121",
-    "running": "#2e7d32", "stopped": "#616161", "deleted": "#455a64", "purged": "#212121",
-    "succeeded": "#2e7d32", "failed": "#c62828", "queued": "#6d4c41", "stale": "#ef6c00",
-    "cancelled": "#616161",
-}
-TRANSIENT_COLOUR = "#1565c0"
-
-
-def badge(text: str) -> str:
-    colour = COLOURS.get(text, TRANSIENT_COLOUR)
-    return format_html('<span class="zlh-badge" data-state="{}" style="background:{};color:#fff;'
-                       'padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
-                       text, colour, text)
-
-
-def pretty_json(value: Any) -> str:
-    if value in (None, {}, []):
-        return "-"
-    return format_html("<pre style='white-space:pre-wrap;margin:0'>{}</pre>",
-                       json.dumps(redact(value), indent=2, default=str))
 
 
 def admin_actor(request) -> Actor:
     return Actor.for_user(request.user, admin=True)
 
 
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-    show_change_link = False
+def _operation_action(spec: OperationSpec):
+    """The admin action that requests an operation of `spec.kind` for the selected servers."""
+    def action(modeladmin, request, queryset):
+        return modeladmin.request_operation(request, queryset, spec)
 
-    def has_add_permission(self, request, obj=None):
-        return False
+    action.__name__ = spec.admin_action
+    return admin.action(description=spec.admin_label)(action)
 
-    def has_change_permission(self, request, obj=None):
-        return False
+
+#: One admin action per operation kind, from the kinds' table.
+OPERATION_ACTIONS = tuple(_operation_action(spec) for spec in SPECS.values()
+                          if spec.admin_action)
 
 
 class OperationInline(ReadOnlyInline):
@@ -105,31 +85,11 @@ class AuditInline(ReadOnlyInline):
         return pretty_json(obj.data)
 
 
-class HasFindingsFilter(admin.SimpleListFilter):
-    title = "open findings"
-    parameter_name = "findings"
-
-    def lookups(self, request, model_admin):
-        return (("yes", "Has open findings"), ("no", "No open findings"))
-
-    def queryset(self, request, queryset):
-        from reconciler.models import Finding
-
-        has = Exists(Finding.objects.filter(instance=OuterRef("pk"), open=True))
-        if self.value() == "yes":
-            return queryset.filter(has)
-        if self.value() == "no":
-            return queryset.filter(~has)
-        return queryset
-
-
 @admin.register(ContainerInstance)
 class ContainerInstanceAdmin(admin.ModelAdmin):
     list_display = ("slug", "status_badge", "desired_badge", "kind", "variant", "node", "vmid",
-                    "ip", "ports_text", "owner", "last_operation", "findings_count", "flags",
-                    "created_at")
-    list_filter = ("status", "kind", "variant", "node", "suspended", "maintenance_lock",
-                   HasFindingsFilter)
+                    "ip", "ports_text", "owner", "last_operation", "flags", "created_at")
+    list_filter = ("status", "kind", "variant", "node", "suspended", "maintenance_lock")
     search_fields = ("name", "slug", "=vmid", "ip", "owner__username", "=id")
     list_select_related = ("node", "owner")
     list_per_page = 100
@@ -140,8 +100,8 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
                        "memory_mb", "cores", "disk_gb", "runtime", "runtime_version",
                        "enable_code_server", "node", "vmid", "ip", "ports_text", "status_badge",
                        "desired_badge", "status_changed_at", "suspended", "maintenance_lock",
-                       "deleted_at", "purge_after", "last_error_json", "config_json",
-                       "repairs_table", "notifications_table", "created_at", "updated_at")
+                       "deleted_at", "purge_after", "last_error_json",
+                       "notifications_table", "created_at", "updated_at")
     fieldsets = (
         ("Server", {"fields": ("id", "name", "slug", "owner", "kind", "variant", "version",
                                "plan", "memory_mb", "cores", "disk_gb", "runtime",
@@ -149,25 +109,18 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
         ("State", {"fields": ("status_badge", "desired_badge", "status_changed_at", "suspended",
                               "maintenance_lock", "deleted_at", "purge_after",
                               "last_error_json")}),
-        ("Placement", {"fields": ("node", "vmid", "ip", "ports_text", "config_json")}),
-        ("Reconciler", {"fields": ("repairs_table",)}),
+        ("Placement", {"fields": ("node", "vmid", "ip", "ports_text")}),
         ("Notifications", {"fields": ("notifications_table",)}),
         ("Times", {"fields": ("created_at", "updated_at")}),
     )
-    actions = ("retry_provisioning", "start", "stop", "restart", "soft_delete", "restore",
-               "purge_now", "toggle_maintenance_lock", "suspend", "unsuspend", "republish_edge",
-               "reconcile_preview")
+    actions = (*OPERATION_ACTIONS, "toggle_maintenance_lock", "suspend", "unsuspend",
+               "republish_edge")
 
     def get_queryset(self, request):
-        from reconciler.models import Finding
-
         last = Operation.objects.filter(instance=OuterRef("pk")).order_by("-created_at")
-        findings = (Finding.objects.filter(instance=OuterRef("pk"), open=True)
-                    .values("instance").annotate(n=Count("id")).values("n"))
         return super().get_queryset(request).annotate(
             last_op_kind=Subquery(last.values("kind")[:1]),
             last_op_state=Subquery(last.values("state")[:1]),
-            open_findings=Subquery(findings[:1]),
         )
 
     def has_add_permission(self, request):
@@ -196,11 +149,6 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
             return "-"
         return format_html("{} {}", kind, badge(obj.last_op_state))
 
-    @admin.display(description="findings")
-    def findings_count(self, obj):
-        n = getattr(obj, "open_findings", None) or 0
-        return format_html('<b style="color:#c62828">{}</b>', n) if n else "0"
-
     @admin.display(description="flags")
     def flags(self, obj):
         marks = [m for m, on in (("suspended", obj.suspended),
@@ -210,25 +158,6 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
     @admin.display(description="last error")
     def last_error_json(self, obj):
         return pretty_json(obj.last_error)
-
-    @admin.display(description="config")
-    def config_json(self, obj):
-        return pretty_json(obj.config)
-
-    @admin.display(description="repair events")
-    def repairs_table(self, obj):
-        from reconciler.models import Finding, RepairEvent
-
-        findings = Finding.objects.filter(instance=obj, open=True)
-        repairs = RepairEvent.objects.filter(instance=obj).order_by("-created_at")[:20]
-        rows = format_html_join(
-            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.action, badge(r.state),
-              r.reason or "-", "dry run" if r.dry_run else "live") for r in repairs))
-        open_list = ", ".join(f.finding_type for f in findings) or "none"
-        return format_html("<p>Open findings: {}</p><table><tr><th>at</th><th>action</th>"
-                           "<th>state</th><th>reason</th><th>mode</th></tr>{}</table>",
-                           open_list, rows)
 
     @admin.display(description="notifications")
     def notifications_table(self, obj):
@@ -241,59 +170,36 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
                            "<th>delivery</th></tr>{}</table>", body)
 
     # --- actions ---------------------------------------------------------------------------
-    def _request(self, request, queryset, kind: str, params: dict | None = None) -> None:
+    def request_operation(self, request, queryset, spec: OperationSpec):
+        """Request `spec.kind` for each selected server through the same service as the API;
+        kinds marked `confirm` show what would be destroyed first."""
+        if spec.confirm and request.POST.get("confirm") != "yes":
+            return self._confirmation(request, queryset, spec)
         done, refused = [], []
         for inst in queryset:
             try:
-                op = server_request(instance_id=inst.id, kind=kind, actor=admin_actor(request),
-                                    params=params)
-                done.append(f"{inst.slug} ({kind} operation {op.id})")
+                op = server_request(instance_id=inst.id, kind=spec.kind,
+                                    actor=admin_actor(request))
+                done.append(f"{inst.slug} ({spec.kind} operation {op.id})")
             except LifecycleError as exc:
                 refused.append(f"{inst.slug}: {exc.message}")
         if done:
             messages.success(request, "Requested: " + "; ".join(done))
         if refused:
             messages.error(request, "Refused: " + "; ".join(refused))
+        return None
 
-    @admin.action(description="Retry provisioning")
-    def retry_provisioning(self, request, queryset):
-        self._request(request, queryset, OperationKind.PROVISION)
-
-    @admin.action(description="Start")
-    def start(self, request, queryset):
-        self._request(request, queryset, OperationKind.START)
-
-    @admin.action(description="Stop (graceful)")
-    def stop(self, request, queryset):
-        self._request(request, queryset, OperationKind.STOP)
-
-    @admin.action(description="Restart")
-    def restart(self, request, queryset):
-        self._request(request, queryset, OperationKind.RESTART)
-
-    @admin.action(description="Soft delete (restorable for 24 h)")
-    def soft_delete(self, request, queryset):
-        self._request(request, queryset, OperationKind.DELETE)
-
-    @admin.action(description="Restore")
-    def restore(self, request, queryset):
-        self._request(request, queryset, OperationKind.RESTORE)
-
-    @admin.action(description="Purge now (destroys the container)…")
-    def purge_now(self, request, queryset):
-        if request.POST.get("confirm") == "yes":
-            self._request(request, queryset, OperationKind.PURGE)
-            return None
+    def _confirmation(self, request, queryset, spec: OperationSpec):
         victims = []
         for inst in queryset.select_related("node"):
             allocations = ", ".join(f"{a.role} {a.display}" for a in
                                     Allocation.objects.filter(instance=inst)
                                     .select_related("pool"))
             victims.append({"inst": inst, "allocations": allocations or "-",
-                            "ready": inst.status == S.DELETED})
-        context = {**self.admin_site.each_context(request), "title": "Purge servers now?",
+                            "ready": inst.status in spec.requestable_from})
+        context = {**self.admin_site.each_context(request), "title": f"{spec.kind.capitalize()} servers now?",
                    "victims": victims, "queryset": queryset, "opts": self.model._meta,
-                   "action_name": "purge_now",
+                   "action_name": spec.admin_action,
                    "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
         return TemplateResponse(request, "admin/lifecycle/purge_confirmation.html", context)
 
@@ -317,8 +223,6 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
 
     @admin.action(description="Republish edge (DNS + Velocity), with post-check")
     def republish_edge(self, request, queryset):
-        from .services.edge import server_republish_edge
-
         for inst in queryset:
             result = server_republish_edge(instance_id=inst.id, actor=admin_actor(request))
             level = messages.SUCCESS if result["ok"] else messages.ERROR
@@ -326,20 +230,6 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
                 "already right"
             self.message_user(request, f"{inst.slug}: {'live' if result['ok'] else 'NOT live'} "
                                        f"— {detail}", level)
-
-    @admin.action(description="Reconcile now (dry-run preview)")
-    def reconcile_preview(self, request, queryset):
-        from reconciler.services import preview_servers
-
-        ids = [str(i.id) for i in queryset]
-        result = preview_servers(instance_ids=ids)
-        for inst in queryset:
-            audit_record(actor=admin_actor(request), instance_id=inst.id,
-                         action="admin:reconcile_preview")
-        context = {**self.admin_site.each_context(request), "title": "Reconciler preview",
-                   "sources": result[0]["sources"], "rows": result[1:],
-                   "servers": ", ".join(i.slug for i in queryset), "opts": self.model._meta}
-        return TemplateResponse(request, "admin/lifecycle/reconcile_preview.html", context)
 
 
 @admin.register(Operation)
@@ -398,20 +288,10 @@ class NodeAdmin(admin.ModelAdmin):
         return False  # `manage.py node add` fills the node's IP and port pools too
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(AllocationPool)
 class AllocationPoolAdmin(ReadOnlyAdmin):
     list_display = ("name", "kind", "node")
+    list_select_related = ("node",)  # nullable: not joined unless asked
 
 
 @admin.register(Allocation)

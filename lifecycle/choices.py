@@ -81,7 +81,10 @@ class OperationState(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
+    #: The work failed: an outside system refused or stayed down past the retries.
     FAILED = "failed", "Failed"
+    #: The platform failed: a bug or an unexpected exception in our own code.
+    ERRORED = "errored", "Errored (platform error)"
     STALE = "stale", "Stale"
     CANCELLED = "cancelled", "Cancelled"
 
@@ -89,8 +92,8 @@ class OperationState(models.TextChoices):
 #: An operation in these states holds its instance's active slot.
 ACTIVE_OPERATION_STATES = frozenset({OperationState.QUEUED, OperationState.RUNNING})
 TERMINAL_OPERATION_STATES = frozenset(
-    {OperationState.SUCCEEDED, OperationState.FAILED, OperationState.STALE,
-     OperationState.CANCELLED}
+    {OperationState.SUCCEEDED, OperationState.FAILED, OperationState.ERRORED,
+     OperationState.STALE, OperationState.CANCELLED}
 )
 
 

@@ -13,9 +13,9 @@ from .choices import Kind
 from .errors import InvalidRequest
 
 NAME_MIN, NAME_MAX = 3, 32
-_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+_LABEL_RE = re.compile(r"\A[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")  # \Z: no trailing newline
 IDEMPOTENCY_KEY_MAX = 128
-_IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+_IDEMPOTENCY_KEY_RE = re.compile(r"\A[\x21-\x7e]{1,128}\Z")
 
 
 def name_errors(name: Any) -> list[str]:

@@ -1,1 +1,1 @@
-"""Discord notifications: per-channel webhooks, durable outbox, redaction, dedupe (DESIGN §7)."""
+"""Discord notifications: per-channel webhooks, durable outbox, redaction, dedupe."""

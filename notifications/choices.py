@@ -26,8 +26,6 @@ class DeliveryState(models.TextChoices):
     UNCONFIGURED = "unconfigured", "No webhook configured"
 
 
-PENDING_STATES = frozenset({DeliveryState.PENDING})
-
 #: Embed colours per channel (and green for "resolved").
 COLOURS = {
     Channel.CRITICAL: 0xE74C3C,

@@ -14,6 +14,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -23,9 +24,11 @@ from django.utils import timezone
 from . import discord
 from .choices import Channel, DeliveryState, Kind
 from .models import AlertState, ChannelState, Notification
-from .redaction import redact, redact_text
+from core.redaction import redact, redact_text
 
 logger = logging.getLogger(__name__)
+#: The sender task (notifications/tasks.py), sent by name and routed by zlh/celery.py.
+SEND_CHANNEL_TASK = "notifications.send_channel"
 LEASE_SECONDS = 60
 BATCH = 200
 
@@ -132,10 +135,8 @@ def alert_resolve(alert_key: str, *, body: str = "") -> Notification | None:
 
 def enqueue_send(channel: str, *, countdown: float | None = None) -> None:
     """Wake the channel's sender; fail-soft (the periodic flush catches what this misses)."""
-    from .tasks import send_channel
-
     try:
-        send_channel.apply_async(args=[channel], queue="notify", countdown=countdown)
+        current_app.send_task(SEND_CHANNEL_TASK, args=[channel], countdown=countdown)
     except Exception:  # broker down: the rows wait in the outbox
         logger.warning("could not wake the %s notification sender; the flush will", channel,
                        exc_info=False)

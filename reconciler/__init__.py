@@ -1,1 +1,1 @@
-"""The control loop: lease + fencing, observe, diff, policy, repairs (DESIGN §5)."""
+"""The control loop: lease + fencing, observe, diff, policy, repairs."""

@@ -1,25 +1,97 @@
-"""Operator views of the reconciler (a first version; the dashboard is its own issue)."""
+"""Operator views of the reconciler: its records, the dashboard, and what it adds to the server
+admin (the open-findings column and filter, the repair events on a server's page, the dry-run
+"reconcile now" preview). The server admin is the lifecycle app's; this app extends it and
+registers the extended one, so imports point one way (reconciler -> lifecycle)."""
+from django.conf import settings
 from django.contrib import admin, messages
+from django.db.models import Count, Exists, OuterRef, Subquery
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils.html import format_html, format_html_join
 
-from notifications.redaction import redact, redact_text
+from core.admin import ReadOnlyAdmin, badge, pretty_json
+from core.redaction import redact, redact_text
+from lifecycle.admin import ContainerInstanceAdmin, admin_actor
+from lifecycle.models import ContainerInstance
+from lifecycle.services.audit import audit_record
 
+from .lease import KEY, _redis
 from .models import Breaker, ControllerLease, ControllerRun, Finding, RepairEvent
-from .services import breaker_reset
+from .services import breaker_reset, preview_servers
+
+# --- the server admin, with what the reconciler knows about each server ----------------------
+class HasFindingsFilter(admin.SimpleListFilter):
+    title = "open findings"
+    parameter_name = "findings"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Has open findings"), ("no", "No open findings"))
+
+    def queryset(self, request, queryset):
+        has = Exists(Finding.objects.filter(instance=OuterRef("pk"), open=True))
+        if self.value() == "yes":
+            return queryset.filter(has)
+        if self.value() == "no":
+            return queryset.filter(~has)
+        return queryset
 
 
-class ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
+class ReconciledServerAdmin(ContainerInstanceAdmin):
+    list_display = (*ContainerInstanceAdmin.list_display[:-2], "findings_count",
+                    *ContainerInstanceAdmin.list_display[-2:])
+    list_filter = (*ContainerInstanceAdmin.list_filter, HasFindingsFilter)
+    readonly_fields = (*ContainerInstanceAdmin.readonly_fields, "repairs_table")
+    fieldsets = (*ContainerInstanceAdmin.fieldsets[:-2],
+                 ("Reconciler", {"fields": ("repairs_table",)}),
+                 *ContainerInstanceAdmin.fieldsets[-2:])
+    actions = (*ContainerInstanceAdmin.actions, "reconcile_preview")
 
-    def has_change_permission(self, request, obj=None):
-        return False
+    def get_queryset(self, request):
+        findings = (Finding.objects.filter(instance=OuterRef("pk"), open=True)
+                    .values("instance").annotate(n=Count("id")).values("n"))
+        return super().get_queryset(request).annotate(open_findings=Subquery(findings[:1]))
+
+    @admin.display(description="findings")
+    def findings_count(self, obj):
+        n = getattr(obj, "open_findings", None) or 0
+        return format_html('<b style="color:#c62828">{}</b>', n) if n else "0"
+
+    @admin.display(description="repair events")
+    def repairs_table(self, obj):
+        findings = Finding.objects.filter(instance=obj, open=True)
+        repairs = RepairEvent.objects.filter(instance=obj).order_by("-created_at")[:20]
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.action, badge(r.state),
+              r.reason or "-", "dry run" if r.dry_run else "live") for r in repairs))
+        open_list = ", ".join(f.finding_type for f in findings) or "none"
+        return format_html("<p>Open findings: {}</p><table><tr><th>at</th><th>action</th>"
+                           "<th>state</th><th>reason</th><th>mode</th></tr>{}</table>",
+                           open_list, rows)
+
+    @admin.action(description="Reconcile now (dry-run preview)")
+    def reconcile_preview(self, request, queryset):
+        ids = [str(i.id) for i in queryset]
+        result = preview_servers(instance_ids=ids)
+        for inst in queryset:
+            audit_record(actor=admin_actor(request), instance_id=inst.id,
+                         action="admin:reconcile_preview")
+        context = {**self.admin_site.each_context(request), "title": "Reconciler preview",
+                   "sources": result[0]["sources"], "rows": result[1:],
+                   "servers": ", ".join(i.slug for i in queryset), "opts": self.model._meta}
+        return TemplateResponse(request, "admin/reconciler/reconcile_preview.html", context)
+
+
+admin.site.unregister(ContainerInstance)
+admin.site.register(ContainerInstance, ReconciledServerAdmin)
+
+
+# --- the reconciler's own records ----------------------------------------------------------------
 
 
 @admin.register(ControllerRun)
-class ControllerRunAdmin(ReadOnly):
+class ControllerRunAdmin(ReadOnlyAdmin):
     list_display = ("id", "epoch", "outcome", "dry_run", "started_at", "finished_at")
     list_filter = ("outcome", "dry_run")
 
@@ -33,10 +105,6 @@ class ControllerRunAdmin(ReadOnly):
         return extra + super().get_urls()
 
     def dashboard(self, request):
-        from django.conf import settings
-
-        from .lease import KEY, _redis
-
         runs = []
         for run in ControllerRun.objects.order_by("-started_at")[:25]:
             duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at \
@@ -64,25 +132,21 @@ class ControllerRunAdmin(ReadOnly):
         return TemplateResponse(request, "admin/reconciler/dashboard.html", context)
 
     def reset_breaker(self, request, action):
-        from lifecycle.services.audit import Actor, audit_record
-
         if request.method != "POST":
             return redirect("admin:reconciler_dashboard")
         breaker_reset(action=action)
-        audit_record(actor=Actor.for_user(request.user, admin=True), action="breaker:reset",
+        audit_record(actor=admin_actor(request), action="breaker:reset",
                      data={"action": action})
         messages.success(request, f"Breaker for {action} reset.")
         return redirect("admin:reconciler_dashboard")
 
 
 def _json(value):
-    from lifecycle.admin import pretty_json
-
     return pretty_json(value)
 
 
 @admin.register(Finding)
-class FindingAdmin(ReadOnly):
+class FindingAdmin(ReadOnlyAdmin):
     list_display = ("key", "finding_type", "level", "action", "open", "last_seen", "seen_count")
     list_filter = ("open", "finding_type", "level")
     search_fields = ("key", "subject")
@@ -95,7 +159,7 @@ class FindingAdmin(ReadOnly):
 
 
 @admin.register(RepairEvent)
-class RepairEventAdmin(ReadOnly):
+class RepairEventAdmin(ReadOnlyAdmin):
     list_display = ("id", "action", "subject", "state", "level", "dry_run", "epoch",
                     "reason_text", "created_at")
     list_filter = ("state", "action", "dry_run")
@@ -120,7 +184,7 @@ class RepairEventAdmin(ReadOnly):
 
 
 @admin.register(Breaker)
-class BreakerAdmin(ReadOnly):
+class BreakerAdmin(ReadOnlyAdmin):
     list_display = ("action", "state", "consecutive_failures", "opened_at", "failure_text")
     exclude = ("last_failure",)
     readonly_fields = ("failure_text",)
@@ -132,17 +196,15 @@ class BreakerAdmin(ReadOnly):
 
     @admin.action(description="Reset (close) the breaker")
     def reset(self, request, queryset):
-        from lifecycle.services.audit import Actor, audit_record
-
         for breaker in queryset:
             breaker_reset(action=breaker.action)
-            audit_record(actor=Actor.for_user(request.user, admin=True), action="breaker:reset",
+            audit_record(actor=admin_actor(request), action="breaker:reset",
                          data={"action": breaker.action})
         messages.info(request, "Breakers reset.")
 
 
 @admin.register(ControllerLease)
-class ControllerLeaseAdmin(ReadOnly):
+class ControllerLeaseAdmin(ReadOnlyAdmin):
     list_display = ("name", "epoch", "holder", "acquired_at", "last_write_at")
 
 

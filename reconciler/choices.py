@@ -1,6 +1,8 @@
 """What the reconciler finds, how dangerous each repair is, and the states of its records."""
 from __future__ import annotations
 
+from enum import StrEnum
+
 from django.db import models
 
 
@@ -54,12 +56,28 @@ class RepairState(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
+    #: The repair ran and the post-check did not confirm it (or an outside system failed).
     FAILED = "failed", "Failed"
+    #: Our own code failed while repairing (a platform error, not the world's).
+    ERRORED = "errored", "Errored (platform error)"
     SKIPPED = "skipped", "Skipped (precondition no longer true)"
     BLOCKED = "blocked", "Blocked (level, budget or breaker)"
 
 
 ACTIVE_REPAIR_STATES = frozenset({RepairState.QUEUED, RepairState.RUNNING})
+#: Repairs that ran to an end, good or bad: they count against a server's hourly budget.
+SPENT_REPAIR_STATES = frozenset({RepairState.QUEUED, RepairState.RUNNING, RepairState.SUCCEEDED,
+                                 RepairState.FAILED, RepairState.ERRORED})
+
+
+class Decision(StrEnum):
+    """What one cycle decided about one finding (counted on its ControllerRun)."""
+
+    NOTIFIED = "notified"              # level 0: an alert only
+    PROPOSED = "proposed"              # dry run: a RepairEvent to read, nothing done
+    BLOCKED = "blocked"                # level not enabled, mass drift, budget, breaker, suspended
+    ALREADY_ACTIVE = "already_active"  # the same repair is queued or running
+    QUEUED = "queued"                  # a repair task was queued
 
 
 class BreakerState(models.TextChoices):

@@ -7,11 +7,13 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 
+from core.health import Health
 from edge.errors import EdgeError
 from edge.services import BulkObservation, EdgeClients, observe_edge_bulk
 from lifecycle.choices import (
@@ -22,12 +24,21 @@ from lifecycle.choices import (
     PoolKind,
 )
 from lifecycle.clients.agent import AgentClient, AgentError
-from lifecycle.clients.proxmox import ProxmoxClient, ProxmoxError
+from lifecycle.clients.proxmox import PowerState, ProxmoxClient, ProxmoxError
 from lifecycle.models import Allocation, ContainerInstance, Operation
 from lifecycle.services.edge import edge_target_for
 
 logger = logging.getLogger(__name__)
-HEALTHY, UNKNOWN = "healthy", "unknown"
+HEALTHY, UNKNOWN = Health.HEALTHY, Health.UNKNOWN
+
+
+class ObservedSource(StrEnum):
+    """The sources the reconciler reads besides the edge's (edge.choices.Source)."""
+
+    DATABASE = "database"
+    PROXMOX = "proxmox"
+    AGENTS = "agents"
+
 
 #: Statuses in which the server's container should exist in Proxmox.
 CONTAINER_EXPECTED = frozenset({
@@ -77,7 +88,7 @@ def observe(*, renew=lambda: None) -> World:
             "value", "instance_id")
     }
     world = World(now=now, instances=instances, active_ops=active_ops, vmid_owner=vmid_owner)
-    world.sources["database"] = HEALTHY
+    world.sources[ObservedSource.DATABASE] = HEALTHY
     renew()
     _observe_proxmox(world)
     renew()
@@ -96,24 +107,24 @@ def _observe_proxmox(world: World) -> None:
     try:
         resources = client.cluster_resources()
     except ProxmoxError as err:
-        world.sources["proxmox"] = UNKNOWN
-        world.problems["proxmox"] = f"Proxmox unknown: {err.message}"
+        world.sources[ObservedSource.PROXMOX] = UNKNOWN
+        world.problems[ObservedSource.PROXMOX] = f"Proxmox unknown: {err.message}"
         return
     finally:
-        world.calls["proxmox"] = client.calls
+        world.calls[ObservedSource.PROXMOX] = client.calls
     by_vmid = {int(r["vmid"]): r for r in resources if r.get("type") == "lxc" and "vmid" in r}
     expected = [i for i in world.instances.values() if i["status"] in CONTAINER_EXPECTED]
     seen = sum(1 for i in expected if i["vmid"] in by_vmid)
     # Implausible: Proxmox says "nothing" (or nearly) while we run many servers. An empty list
     # from a confused API must not read as "every container vanished".
     if expected and len(expected) >= 3 and seen == 0:
-        world.sources["proxmox"] = UNKNOWN
-        world.problems["proxmox"] = (
+        world.sources[ObservedSource.PROXMOX] = UNKNOWN
+        world.problems[ObservedSource.PROXMOX] = (
             f"Proxmox implausible: lists {len(by_vmid)} containers, none of the "
             f"{len(expected)} we expect")
         return
     world.proxmox = by_vmid
-    world.sources["proxmox"] = HEALTHY
+    world.sources[ObservedSource.PROXMOX] = HEALTHY
 
 
 def _observe_edge(world: World) -> None:
@@ -145,7 +156,7 @@ def should_have_agent(world: World, inst: dict[str, Any]) -> bool:
     if inst["status"] != InstanceStatus.RUNNING or world.proxmox is None:
         return False
     ct = world.proxmox.get(inst["vmid"])
-    return ct is not None and ct.get("status") == "running"
+    return ct is not None and ct.get("status") == PowerState.RUNNING
 
 
 def _observe_agents(world: World) -> None:
@@ -162,16 +173,16 @@ def _observe_agents(world: World) -> None:
             client.close()
 
     if not wanted:
-        world.sources["agents"] = HEALTHY
+        world.sources[ObservedSource.AGENTS] = HEALTHY
         return
     with ThreadPoolExecutor(max_workers=settings.RECONCILER_AGENT_PARALLELISM) as pool:
         for server_id, status in pool.map(check, wanted):
             world.agents[server_id] = status
-    world.calls["agents"] = len(wanted)
+    world.calls[ObservedSource.AGENTS] = len(wanted)
     failed = sum(1 for s in world.agents.values() if s is None)
     # Every agent silent at once is a network problem on our side, not N broken servers.
     if len(wanted) >= 3 and failed == len(wanted):
-        world.sources["agents"] = UNKNOWN
-        world.problems["agents"] = f"agents unknown: none of {len(wanted)} answered"
+        world.sources[ObservedSource.AGENTS] = UNKNOWN
+        world.problems[ObservedSource.AGENTS] = f"agents unknown: none of {len(wanted)} answered"
     else:
-        world.sources["agents"] = HEALTHY
+        world.sources[ObservedSource.AGENTS] = HEALTHY

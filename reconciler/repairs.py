@@ -11,9 +11,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
+from core.errors import ExternalError
+from core.ownership import container_tag, owners_from_tags
+from edge.choices import DNS_PARTS, PARTS, Part, Source, Verdict
 from edge.services import EdgeClients, edge_republish, observe_edge_state
 from lifecycle.choices import (
     ACTIVE_OPERATION_STATES,
@@ -25,13 +27,13 @@ from lifecycle.choices import (
     OperationState,
 )
 from lifecycle.clients.agent import AgentClient, AgentError
-from lifecycle.clients.proxmox import ProxmoxClient, parse_tags
+from lifecycle.clients.proxmox import PowerState, ProxmoxClient, parse_tags
 from lifecycle.models import ContainerInstance, Operation
 from lifecycle.services.actions import server_request
 from lifecycle.services.audit import Actor
 from lifecycle.services.edge import edge_target_for
 from lifecycle.statemachines.instance import can_transition, instance_transition
-from lifecycle.statemachines.operation import operation_transition
+from lifecycle.statemachines.operation import operation_mark_stale
 
 from .choices import Action, RepairState
 from .lease import FencedOut, current_epoch, fenced
@@ -77,7 +79,7 @@ def _power(inst: ContainerInstance) -> tuple[str | None, bool]:
     if cfg is None:
         return None, False
     status = pve.ct_status(inst.node.name, inst.vmid) or {}
-    return status.get("status"), inst.proxmox_tag in parse_tags(cfg.get("tags"))
+    return status.get("status"), str(inst.id) in owners_from_tags(parse_tags(cfg.get("tags")))
 
 
 def _agent_ready(inst: ContainerInstance) -> bool:
@@ -99,7 +101,7 @@ def _sync_target(inst: ContainerInstance) -> str | None:
         return S.FAILED if inst.status == S.PROVISIONING else S.MISSING
     if not ours:
         return None  # a foreign container: an operator decides
-    if power == "running":
+    if power == PowerState.RUNNING:
         if _agent_ready(inst):
             return S.RUNNING
         # A provisioning nobody is carrying on is a failed one: the owner (or an operator) can
@@ -130,10 +132,8 @@ def clear_stale_operation_lock(event: RepairEvent, actor: Actor) -> Outcome:
     before = {"operation": str(op.id), "state": op.state, "status": inst.status}
     target = _sync_target(inst) if inst.status in TRANSIENT_STATUSES else None
     with fenced(event.epoch):
-        operation_transition(
-            operation_id=op.id, expected=OperationState.RUNNING, to=OperationState.STALE,
-            condition=Q(lease_expires_at__lt=stale),
-            fields={"error": {"kind": "stale", "message": f"cleared by {actor.label}"}})
+        operation_mark_stale(operation_id=op.id, lease_expired_before=stale,
+                             reason=f"cleared by {actor.label}")
         if target and can_transition(inst.status, target):
             instance_transition(instance_id=inst.id, expected=inst.status, to=target, actor=actor,
                                 action="reconciler:sync_status")
@@ -172,12 +172,12 @@ def _edge_repair(parts: tuple[str, ...]) -> Callable[[RepairEvent, Actor], Outco
             raise Skip("the server is not a running game server (or is busy)")
         clients = EdgeClients()
         before = observe_edge_state(target, clients=clients).parts
-        if all(before.get(p) == "ok" for p in parts):
+        if all(before.get(p) == Verdict.OK for p in parts):
             raise Skip("the edge is right again")
         _require_current(event.epoch)
         report = edge_republish(target, clients=clients)
         after = report.observed.parts if report.observed else {}
-        ok = all(after.get(p) == "ok" for p in parts)
+        ok = all(after.get(p) == Verdict.OK for p in parts)
         return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
                        reason="; ".join(report.problems)[:300], before=before, after=after)
     return repair
@@ -187,7 +187,7 @@ def start_container(event: RepairEvent, actor: Actor) -> Outcome:
     inst = _instance(event)
     power, ours = _power(inst)
     if not (inst.status in (S.RUNNING, S.STOPPED) and inst.desired_state == DesiredState.RUNNING
-            and power == "stopped" and ours and _active_op(inst) is None):
+            and power == PowerState.STOPPED and ours and _active_op(inst) is None):
         raise Skip("the container no longer needs starting")
     with fenced(event.epoch):
         if inst.status == S.RUNNING:  # the database believed it ran: say what is true first
@@ -197,10 +197,11 @@ def start_container(event: RepairEvent, actor: Actor) -> Outcome:
     op = _wait_operation(op)
     power, _ = _power(inst)
     inst.refresh_from_db()
-    ok = op.state == OperationState.SUCCEEDED and power == "running" and inst.status == S.RUNNING
+    ok = (op.state == OperationState.SUCCEEDED and power == PowerState.RUNNING
+          and inst.status == S.RUNNING)
     return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
                    reason="" if ok else f"start operation {op.state}",
-                   before={"power": "stopped", "operation": str(op.id)},
+                   before={"power": PowerState.STOPPED, "operation": str(op.id)},
                    after={"power": power, "status": inst.status, "operation": op.state})
 
 
@@ -229,11 +230,11 @@ def destroy_orphan(event: RepairEvent, actor: Actor) -> Outcome:
         raise Skip("its server exists after all")
     pve = ProxmoxClient.from_settings()
     cfg = pve.ct_config(node, vmid)
-    if cfg is None or f"zlh-{owner}" not in parse_tags(cfg.get("tags")):
+    if cfg is None or container_tag(owner) not in parse_tags(cfg.get("tags")):
         raise Skip("the orphan is gone or not ours")
     _require_current(event.epoch)
     status = pve.ct_status(node, vmid) or {}
-    if status.get("status") == "running":
+    if status.get("status") == PowerState.RUNNING:
         pve.task_wait(pve.ct_stop(node, vmid), timeout=settings.PROXMOX_TASK_TIMEOUT)
     result = pve.task_wait(pve.ct_destroy(node, vmid), timeout=settings.PROXMOX_TASK_TIMEOUT)
     gone = pve.ct_config(node, vmid) is None
@@ -246,11 +247,11 @@ def delete_edge_orphan(event: RepairEvent, actor: Actor) -> Outcome:
     clients = EdgeClients()
     _require_current(event.epoch)
     source = orphan["source"]
-    if source == "cloudflare":
+    if source == Source.CLOUDFLARE:
         found = clients.cloudflare.delete_record(orphan["id"])
         still = any(r["id"] == orphan["id"] for r in clients.cloudflare.list_records(
             name=orphan["name"], type=orphan["type"]))
-    elif source == "technitium":
+    elif source == Source.TECHNITIUM:
         found = clients.technitium.delete_a(orphan["name"], orphan["ip"])
         still = any((r.get("rData") or {}).get("ipAddress") == orphan["ip"]
                     for r in clients.technitium.records(orphan["name"]))
@@ -279,10 +280,9 @@ def purge(event: RepairEvent, actor: Actor) -> Outcome:
 REPAIRS: dict[str, Callable[[RepairEvent, Actor], Outcome]] = {
     Action.CLEAR_STALE_OPERATION_LOCK: clear_stale_operation_lock,
     Action.SYNC_STATUS: sync_status,
-    Action.EDGE_REPUBLISH: _edge_repair(("cloudflare_a", "cloudflare_srv", "technitium_a",
-                                         "velocity")),
-    Action.DNS_REPUBLISH: _edge_repair(("cloudflare_a", "cloudflare_srv", "technitium_a")),
-    Action.VELOCITY_REGISTER: _edge_repair(("velocity",)),
+    Action.EDGE_REPUBLISH: _edge_repair(PARTS),
+    Action.DNS_REPUBLISH: _edge_repair(DNS_PARTS),
+    Action.VELOCITY_REGISTER: _edge_repair((Part.VELOCITY,)),
     Action.START_CONTAINER: start_container,
     Action.RECREATE_CONTAINER: recreate_container,
     Action.DESTROY_ORPHAN: destroy_orphan,
@@ -299,7 +299,10 @@ def execute(event: RepairEvent) -> Outcome:
         return Outcome(RepairState.SKIPPED, reason=str(exc))
     except FencedOut as exc:
         return Outcome(RepairState.SKIPPED, reason=f"fenced out: {exc}")
-    except Exception as exc:  # any failure is an observed failure of this repair, recorded
+    except ExternalError as exc:  # an outside system failed: an observed failure, recorded
         logger.warning("repair %s (%s) failed: %s", event.pk, event.action, exc)
         return Outcome(RepairState.FAILED,
-                       reason=f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"[:300])
+                       reason=f"{type(exc).__name__}: {exc.message}"[:300])
+    except Exception as exc:  # our own code failed: a platform error, recorded apart
+        logger.exception("repair %s (%s) errored", event.pk, event.action)
+        return Outcome(RepairState.ERRORED, reason=f"{type(exc).__name__}: {exc}"[:300])

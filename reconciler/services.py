@@ -13,11 +13,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count
+from celery import current_app
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from notifications.redaction import redact, redact_text
+from core.redaction import redact, redact_text
 from notifications.services import (
     alert_resolve,
     notify_critical,
@@ -27,8 +27,10 @@ from notifications.services import (
 
 from .choices import (
     ACTIVE_REPAIR_STATES,
+    SPENT_REPAIR_STATES,
     Action,
     BreakerState,
+    Decision,
     FindingType,
     RepairState,
     RunOutcome,
@@ -37,6 +39,7 @@ from .diff import FindingSpec, diff
 from .lease import FencedOut, Lease, LeaseLost, acquire, fenced
 from .models import Breaker, ControllerRun, Finding, RepairEvent
 from .observe import HEALTHY, World, observe
+from .statemachine import repair_claim, repair_end, repairs_abandon, repairs_supersede
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +83,9 @@ def run_cycle(*, dry_run: bool | None = None, holder: str | None = None) -> dict
 def _retire_superseded_repairs(epoch: int) -> None:
     """Repairs queued by an older epoch would be fenced out anyway: free their slots now, so
     this cycle can queue them again (a lost message must not block a repair for ever)."""
-    RepairEvent.objects.filter(state=RepairState.QUEUED, epoch__lt=epoch).update(
-        state=RepairState.SKIPPED, active_slot=None, finished_at=Now(),
-        reason=f"superseded by epoch {epoch}")
+    repairs_supersede(epoch=epoch)
     cutoff = timezone.now() - timedelta(seconds=settings.RECONCILER_LEASE_SECONDS * 5)
-    RepairEvent.objects.filter(state=RepairState.RUNNING, epoch__lt=epoch,
-                               started_at__lt=cutoff).update(
-        state=RepairState.FAILED, active_slot=None, finished_at=Now(),
-        reason="abandoned by its worker")
+    repairs_abandon(epoch=epoch, started_before=cutoff)
 
 
 def _act(world: World, findings: list[FindingSpec], lease: Lease, run: ControllerRun,
@@ -195,14 +193,14 @@ def _decide(f: FindingSpec, epoch: int, run: ControllerRun, dry_run: bool, mass_
             *, new: bool, world: World) -> str:
     """What to do about one finding; returns the decision (for the run's counts)."""
     if f.action == Action.NOTIFY:
-        return "notified"
+        return Decision.NOTIFIED
     base = {"finding_type": f.finding_type, "action": f.action, "level": f.level,
             "instance_id": f.instance_id, "subject": f.subject, "epoch": epoch, "run": run,
             "before": _jsonable(f.details)}
     if dry_run:
         RepairEvent.objects.create(**base, dry_run=True, state=RepairState.PROPOSED,
                                    reason="dry run")
-        return "proposed"
+        return Decision.PROPOSED
     refusal = None
     if f.level not in settings.RECONCILER_ENABLED_LEVELS:
         refusal = f"level {f.level} is not enabled"
@@ -224,24 +222,23 @@ def _decide(f: FindingSpec, epoch: int, run: ControllerRun, dry_run: bool, mass_
                 notify_warning(f"Repair refused: {f.action} for {f.details.get('slug', f.subject)}",
                                f"{f.finding_type}: {refusal}. An operator has to look.",
                                alert_key=f"refused:{f.key}:{refusal.split(' ')[0]}")
-        return "blocked"
+        return Decision.BLOCKED
     slot = f"{f.subject}:{f.action}"
     try:
         with transaction.atomic():
             event = RepairEvent.objects.create(**base, state=RepairState.QUEUED,
                                                active_slot=slot)
     except IntegrityError:
-        return "already_active"
+        return Decision.ALREADY_ACTIVE
     transaction.on_commit(lambda: _enqueue_repair(event.pk))
-    return "queued"
+    return Decision.QUEUED
 
 
 def _over_budget(instance_id: str) -> bool:
     since = timezone.now() - timedelta(hours=1)
     used = RepairEvent.objects.filter(
         instance_id=instance_id, created_at__gte=since,
-        state__in=(RepairState.QUEUED, RepairState.RUNNING, RepairState.SUCCEEDED,
-                   RepairState.FAILED)).count()
+        state__in=SPENT_REPAIR_STATES).count()
     return used >= settings.RECONCILER_REPAIR_BUDGET_PER_HOUR
 
 
@@ -261,11 +258,13 @@ def _breaker_refusal(action: str) -> str | None:
     return f"breaker for {action} is {breaker.state}"
 
 
-def _enqueue_repair(repair_id: int) -> None:
-    from .tasks import run_repair
+#: The task that runs one repair (reconciler/tasks.py), sent by name and routed by zlh/celery.py.
+REPAIR_TASK = "reconciler.repair"
 
+
+def _enqueue_repair(repair_id: int) -> None:
     try:
-        run_repair.apply_async(args=[repair_id], queue="repair")
+        current_app.send_task(REPAIR_TASK, args=[repair_id])
     except Exception:  # the next cycle retires and re-queues it
         logger.warning("could not enqueue repair %s", repair_id)
 
@@ -275,30 +274,27 @@ def repair_run(*, repair_id: int) -> str:
     """Claim a queued repair, run it, record what was observed, update its breaker."""
     from .repairs import execute
 
-    claimed = RepairEvent.objects.filter(pk=repair_id, state=RepairState.QUEUED).update(
-        state=RepairState.RUNNING, started_at=Now())
-    if not claimed:
+    if not repair_claim(repair_id=repair_id):
         return "not-claimed"
     event = RepairEvent.objects.get(pk=repair_id)
     outcome = execute(event)
-    RepairEvent.objects.filter(pk=repair_id, state=RepairState.RUNNING).update(
-        state=outcome.state, active_slot=None, finished_at=Now(),
-        reason=redact_text(outcome.reason)[:300], after=redact(_jsonable(outcome.after)),
-        before=redact(_jsonable({**event.before, **outcome.before})))
+    repair_end(repair_id=repair_id, state=outcome.state,
+               reason=redact_text(outcome.reason)[:300], after=redact(_jsonable(outcome.after)),
+               before=redact(_jsonable({**event.before, **outcome.before})))
     _record_breaker(event, outcome.state, outcome.reason)
     slug = event.before.get("slug", event.subject)
     if outcome.state == RepairState.SUCCEEDED:
         notify_info(f"Repaired: {event.action} for {slug}",
                     f"{event.finding_type}; post-check: {outcome.after}")
-    elif outcome.state == RepairState.FAILED:
-        notify_warning(f"Repair failed: {event.action} for {slug}",
+    elif outcome.state in (RepairState.FAILED, RepairState.ERRORED):
+        notify_warning(f"Repair {outcome.state}: {event.action} for {slug}",
                        f"{event.finding_type}: {outcome.reason or 'post-check did not confirm'}",
                        alert_key=f"repair-failed:{event.subject}:{event.action}")
     return outcome.state
 
 
 def _record_breaker(event: RepairEvent, state: str, reason: str) -> None:
-    if state not in (RepairState.SUCCEEDED, RepairState.FAILED):
+    if state not in (RepairState.SUCCEEDED, RepairState.FAILED, RepairState.ERRORED):
         return
     Breaker.objects.get_or_create(action=event.action)
     with transaction.atomic():
@@ -326,12 +322,6 @@ def breaker_reset(*, action: str) -> None:
     Breaker.objects.filter(action=action).update(state=BreakerState.CLOSED,
                                                  consecutive_failures=0, opened_at=None)
     alert_resolve(f"breaker:{action}", body="Reset by an operator.")
-
-
-def open_findings_count() -> dict[str, int]:
-    return dict(Finding.objects.filter(open=True).values_list("finding_type").annotate(
-        n=Count("id")).values_list("finding_type", "n"))
-
 
 
 def preview_servers(*, instance_ids: list[str]) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ passwords) are only ever read from the environment.
 """
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -94,7 +95,7 @@ DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ---------------------------------------------------------------------------------------------
-# Redis: Celery broker, throttling cache. Ephemeral by design (DESIGN §1.2).
+# Redis: Celery broker, throttling cache. Ephemeral by design: it may be wiped at any time.
 # ---------------------------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=5.0)
@@ -112,7 +113,7 @@ CACHES = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Celery (zlh/celery.py reads every CELERY_* name below).
+# Celery (zlh/celery.py reads every CELERY_* name below; queues and routes are there).
 # ---------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = None  # results live on Operation rows, not in Redis
@@ -121,7 +122,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "lifecycle"
 # Longer than the longest task (an operation is bounded by OPERATION_MAX_SECONDS); redelivery
-# after this is harmless because every task claims its row first (DESIGN §1.4).
+# after this is harmless because every task claims its row first (docs/design.md).
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=2 * 3600)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
@@ -130,6 +131,32 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# The beat schedule, the one table of periodic work (run by exactly one beat). Each entry expires
+# after one interval, so a backlog after an outage never replays old ticks. Beat writes this
+# into django-celery-beat's tables when it starts (an entry disabled in the admin stays so).
+ZLH_SWEEP_INTERVAL_SECONDS = env.int("ZLH_SWEEP_INTERVAL_SECONDS", default=30)
+ZLH_PURGE_DUE_INTERVAL_SECONDS = env.int("ZLH_PURGE_DUE_INTERVAL_SECONDS", default=300)
+ZLH_QUARANTINE_RELEASE_INTERVAL_SECONDS = env.int("ZLH_QUARANTINE_RELEASE_INTERVAL_SECONDS",
+                                                  default=600)
+NOTIFY_FLUSH_INTERVAL_SECONDS = env.int("NOTIFY_FLUSH_INTERVAL_SECONDS", default=30)
+RECONCILER_INTERVAL_SECONDS = env.int("RECONCILER_INTERVAL_SECONDS", default=60)
+
+
+def _every(seconds: int, task: str) -> dict:
+    return {"task": task, "schedule": timedelta(seconds=seconds),
+            "options": {"expire_seconds": seconds}}
+
+
+CELERY_BEAT_SCHEDULE = {
+    "lifecycle: sweep operations": _every(ZLH_SWEEP_INTERVAL_SECONDS,
+                                          "lifecycle.sweep_operations"),
+    "lifecycle: purge due servers": _every(ZLH_PURGE_DUE_INTERVAL_SECONDS, "lifecycle.purge_due"),
+    "lifecycle: release quarantine": _every(ZLH_QUARANTINE_RELEASE_INTERVAL_SECONDS,
+                                            "lifecycle.release_quarantine"),
+    "notifications: flush outbox": _every(NOTIFY_FLUSH_INTERVAL_SECONDS, "notifications.flush"),
+    "reconciler: run cycle": _every(RECONCILER_INTERVAL_SECONDS, "reconciler.run_cycle"),
+}
 CELERY_TIMEZONE = "UTC"
 # A publish that cannot reach Redis fails fast instead of hanging the request; the operation row
 # stays queued and the sweeper re-enqueues it.
@@ -192,7 +219,7 @@ ZLH_SOFT_DELETE_WINDOW_SECONDS = env.int("ZLH_SOFT_DELETE_WINDOW_SECONDS", defau
 ZLH_DB_RETRY_ATTEMPTS = env.int("ZLH_DB_RETRY_ATTEMPTS", default=6)
 
 # ---------------------------------------------------------------------------------------------
-# Proxmox (DESIGN §9): API-token auth; internal address from settings, never a player domain.
+# Proxmox: API-token auth; internal address from settings, never a player domain.
 # ---------------------------------------------------------------------------------------------
 PROXMOX_URL = env.str("PROXMOX_URL", default="https://127.0.0.1:8006")
 PROXMOX_TOKEN_ID = env.str("PROXMOX_TOKEN_ID", default="root@pam!zlh")
@@ -225,7 +252,7 @@ CONTAINER_SHUTDOWN_TIMEOUT = env.int("CONTAINER_SHUTDOWN_TIMEOUT", default=60)
 VELOCITY_FORWARDING_SECRET = env.str("VELOCITY_FORWARDING_SECRET", default="")
 
 # ---------------------------------------------------------------------------------------------
-# Edge (DESIGN §6): public DNS on Cloudflare, internal DNS on Technitium, the Velocity proxy.
+# Edge: public DNS on Cloudflare, internal DNS on Technitium, the Velocity proxy.
 # ---------------------------------------------------------------------------------------------
 EDGE_ZONE = env.str("EDGE_ZONE", default="play.zerolaghub.com")
 EDGE_TTL = env.int("EDGE_TTL", default=60)
@@ -247,7 +274,7 @@ VELOCITY_PUBLIC_IP = env.str("VELOCITY_PUBLIC_IP", default="203.0.113.10")
 VELOCITY_PUBLIC_PORT = env.int("VELOCITY_PUBLIC_PORT", default=25565)
 
 # ---------------------------------------------------------------------------------------------
-# Notifications (DESIGN §7): Discord webhook URLs come only from the environment.
+# Notifications: Discord webhook URLs come only from the environment.
 # ---------------------------------------------------------------------------------------------
 DISCORD_WEBHOOKS = {
     "critical": env.str("DISCORD_WEBHOOK_CRITICAL", default=""),
@@ -274,7 +301,7 @@ OPERATION_RETRY_MAX_SECONDS = env.float("OPERATION_RETRY_MAX_SECONDS", default=6
 OPERATION_REENQUEUE_AFTER_SECONDS = env.float("OPERATION_REENQUEUE_AFTER_SECONDS", default=60.0)
 
 # ---------------------------------------------------------------------------------------------
-# Reconciler (DESIGN §5)
+# Reconciler
 # ---------------------------------------------------------------------------------------------
 # Levels whose repairs run: 0 observe/notify, 1 safe repairs; 2 (destructive) is off by default.
 RECONCILER_ENABLED_LEVELS = env.list("RECONCILER_ENABLED_LEVELS", cast=int, default=[0, 1])
@@ -325,7 +352,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "filters": {"redact": {"()": "notifications.redaction.RedactingFilter"}},
+    "filters": {"redact": {"()": "core.redaction.RedactingFilter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
                              "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

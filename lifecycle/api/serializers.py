@@ -145,8 +145,9 @@ class NodeSerializer(serializers.Serializer):
 
 
 class RestoreInput(StrictInputSerializer):
-    target = serializers.ChoiceField(choices=[("running", "Running"), ("stopped", "Stopped")],
-                                     required=False, default="running",
+    target = serializers.ChoiceField(choices=[(DesiredState.RUNNING, "Running"),
+                                              (DesiredState.STOPPED, "Stopped")],
+                                     required=False, default=DesiredState.RUNNING,
                                      help_text="The state the server ends in.")
 
 

@@ -16,8 +16,10 @@ from .. import selectors
 from ..models import Operation
 from ..services.accounts import quota_ensure, quota_usage
 from ..choices import OperationKind
+from ..operation_kinds import SPECS, OperationSpec
 from ..services.actions import server_request
 from ..services.audit import Actor
+from ..services.edge import velocity_resync_request
 from ..services.servers import server_create
 from .serializers import (
     ErrorSerializer,
@@ -134,48 +136,42 @@ class ServerViewSet(viewsets.GenericViewSet):
         return Response(OperationSerializer(op).data, status=status.HTTP_202_ACCEPTED,
                         headers={"Location": f"/api/v1/operations/{op.id}"})
 
-    @extend_schema(request=None, responses={202: OperationSerializer, 409: _CONFLICT, **_ERRORS})
-    @action(detail=True, methods=["post"])
-    def start(self, request, pk=None):
-        return self._act(request, pk, OperationKind.START)
-
-    @extend_schema(request=None, responses={202: OperationSerializer, 409: _CONFLICT, **_ERRORS})
-    @action(detail=True, methods=["post"])
-    def stop(self, request, pk=None):
-        """Graceful: the game saves the world, the container shuts down cleanly."""
-        return self._act(request, pk, OperationKind.STOP)
-
-    @extend_schema(request=None, responses={202: OperationSerializer, 409: _CONFLICT, **_ERRORS})
-    @action(detail=True, methods=["post"])
-    def restart(self, request, pk=None):
-        return self._act(request, pk, OperationKind.RESTART)
-
-    @extend_schema(request=None, responses={202: OperationSerializer, 409: _CONFLICT, **_ERRORS})
-    @action(detail=True, methods=["post"])
-    def retry(self, request, pk=None):
-        """Provision a failed server again (it keeps its name, VMID, IP and ports)."""
-        return self._act(request, pk, OperationKind.PROVISION)
-
-    @extend_schema(request=RestoreInput, responses={202: OperationSerializer, 409: _CONFLICT,
-                                                    **_ERRORS})
-    @action(detail=True, methods=["post"])
-    def restore(self, request, pk=None):
-        """Bring back a soft-deleted server within its window."""
-        body = RestoreInput(data=request.data or {})
-        body.is_valid(raise_exception=True)
-        return self._act(request, pk, OperationKind.RESTORE, params=body.validated_data)
-
-    @extend_schema(request=None, responses={202: OperationSerializer, 409: _CONFLICT,
-                                            403: _ERRORS[403], **_ERRORS})
-    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser])
-    def purge(self, request, pk=None):
-        """Staff: destroy a deleted server now and release its allocations to quarantine."""
-        return self._act(request, pk, OperationKind.PURGE)
-
-    @extend_schema(responses={202: OperationSerializer, 409: _CONFLICT, **_ERRORS})
+    @extend_schema(responses={202: OperationSerializer, 409: _CONFLICT, **_ERRORS},
+                   description=SPECS[OperationKind.DELETE].description)
     def destroy(self, request, pk=None):
-        """Soft delete: stopped and unpublished now, restorable for 24 h, then purged."""
         return self._act(request, pk, OperationKind.DELETE)
+
+
+#: Input of the kinds that take a body (the others take none).
+_PARAMS = {OperationKind.RESTORE: RestoreInput}
+
+
+def _operation_endpoint(spec: OperationSpec):
+    """POST /servers/{id}/<spec.api_action>: request the operation, answer 202 with it."""
+    body = _PARAMS.get(spec.kind)
+
+    def endpoint(self, request, pk=None):
+        params = None
+        if body is not None:
+            data = body(data=request.data or {})
+            data.is_valid(raise_exception=True)
+            params = data.validated_data
+        return self._act(request, pk, spec.kind, params=params)
+
+    endpoint.__name__ = spec.api_action
+    endpoint.__doc__ = spec.description
+    responses = {202: OperationSerializer, 409: _CONFLICT, **_ERRORS}
+    extra = {}
+    if spec.staff_only:
+        responses[403] = _ERRORS[403]
+        extra["permission_classes"] = [IsAdminUser]
+    endpoint = action(detail=True, methods=["post"], **extra)(endpoint)
+    return extend_schema(request=body, responses=responses)(endpoint)
+
+
+for _spec in SPECS.values():
+    if _spec.api_action:
+        setattr(ServerViewSet, _spec.api_action, _operation_endpoint(_spec))
 
 
 class OperationDetailView(APIView):
@@ -221,7 +217,5 @@ class VelocityResyncView(APIView):
     @extend_schema(request=None, responses={202: VelocityResyncSerializer, 401: _ERRORS[401],
                                             403: _ERRORS[403]})
     def post(self, request):
-        from ..services.edge import velocity_resync_request
-
         return Response(VelocityResyncSerializer(velocity_resync_request()).data,
                         status=status.HTTP_202_ACCEPTED)

@@ -1,16 +1,38 @@
 """The agent inside each container: status, provisioning payload, game start/stop."""
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import requests
 from django.conf import settings
 
-from .errors import ExternalError
+from core.errors import ExternalError
+
+
+class AgentState(StrEnum):
+    """The `state` the agent reports for the game (or IDE) it runs."""
+
+    IDLE = "idle"              # no payload yet
+    INSTALLING = "installing"  # installing the payload before the first boot
+    INSTALLED = "installed"    # installed, not started
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+    FAILED = "failed"          # the install failed
+
+
+#: The game is not running (a stop has finished, or it never ran).
+AGENT_GAME_DOWN = frozenset({AgentState.STOPPED, AgentState.IDLE, AgentState.INSTALLED,
+                             AgentState.CRASHED, AgentState.FAILED})
 
 
 class AgentError(ExternalError):
     """kind: unreachable (connection refused/reset, timeout), rejected (4xx), error (5xx)."""
+
+    system = "agent"
 
 
 class AgentClient:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,14 +19,28 @@ import requests
 from django.conf import settings
 from proxmoxer import ProxmoxAPI, ResourceException
 
-from .errors import ExternalError
+from core.errors import ExternalError
 
 logger = logging.getLogger(__name__)
+
+
+class PowerState(StrEnum):
+    """A container's `status` as PVE reports it (`/status/current`, `/cluster/resources`)."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class TaskStatus(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"  # finished; `exitstatus` says how
 
 
 class ProxmoxError(ExternalError):
     """kind: not_found, already_exists, locked, lock_timeout, not_running, already_running,
     timeout, unavailable, auth, bad_request, task_failed, error."""
+
+    system = "proxmox"
 
 
 # (substring of PVE's message, kind, retryable), first match wins.
@@ -187,7 +202,7 @@ class ProxmoxClient:
                 if err.kind != "bad_request" and not err.retryable:
                     raise
                 status = None
-            if status and status.get("status") == "stopped":
+            if status and status.get("status") == TaskStatus.STOPPED:
                 exit_status = str(status.get("exitstatus", ""))
                 ok = exit_status == "OK" or exit_status.startswith("WARNINGS")
                 return TaskResult(upid=upid, ok=ok, exitstatus=exit_status)

@@ -1,4 +1,4 @@
-"""Authoritative lifecycle models (DESIGN §3), one module per sub-domain."""
+"""Authoritative lifecycle models, one module per sub-domain."""
 from .accounts import AccountQuota, ApiToken
 from .allocations import Allocation, AllocationPool
 from .audit import AuditEvent

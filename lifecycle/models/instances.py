@@ -12,7 +12,7 @@ __all__ = ("ContainerInstance",)
 
 
 class ContainerInstance(models.Model):
-    # Public id: in the API, in the Proxmox tag `zlh-<id>` and the DNS comment `zlh:<id>`.
+    # Public id: in the API and in the ownership marker outside (core.ownership).
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="servers"
@@ -53,7 +53,6 @@ class ContainerInstance(models.Model):
     deleted_at = models.DateTimeField(null=True, blank=True)
     purge_after = models.DateTimeField(null=True, blank=True)
 
-    config = models.JSONField(default=dict, blank=True)
     last_error = models.JSONField(null=True, blank=True)
 
     idempotency_key = models.CharField(max_length=128, null=True, blank=True)
@@ -86,7 +85,3 @@ class ContainerInstance(models.Model):
 
     def __str__(self) -> str:
         return self.slug
-
-    @property
-    def proxmox_tag(self) -> str:
-        return f"zlh-{self.id}"

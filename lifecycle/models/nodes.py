@@ -44,10 +44,6 @@ class Node(models.Model):
         return self.name
 
     @property
-    def free_memory_mb(self) -> int:
-        return self.memory_mb - self.allocated_memory_mb
-
-    @property
     def network(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.subnet, strict=False)
 

@@ -64,7 +64,3 @@ class Operation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.id} ({self.state})"
-
-    @property
-    def celery_task_id(self) -> str:
-        return str(self.id)

@@ -1,8 +1,8 @@
 """Requests to act on an existing server: start, stop, restart, delete, restore, purge, retry.
 
 Each request is one transaction: lock the server row, check the action is allowed from its
-status, set the desired state, insert the operation (the database refuses a second active one)
-and enqueue its task after commit.
+status (the kind's row in `operation_kinds`), set the desired state, insert the operation (the
+database refuses a second active one) and enqueue its task after commit.
 """
 from __future__ import annotations
 
@@ -16,30 +16,9 @@ from ..choices import InstanceStatus as S
 from ..db import retry_on_lock_conflict
 from ..errors import InvalidState, OperationInProgress
 from ..models import ContainerInstance, Operation
+from ..operation_kinds import spec_for
 from .audit import Actor, audit_record
 from .operations import operation_create
-
-#: action -> statuses it may be requested from
-ALLOWED_FROM: dict[str, frozenset[str]] = {
-    OperationKind.START: frozenset({S.STOPPED}),
-    OperationKind.STOP: frozenset({S.RUNNING}),
-    OperationKind.RESTART: frozenset({S.RUNNING}),
-    OperationKind.DELETE: frozenset(LIVE_STATUSES | {S.DELETING}),
-    OperationKind.RESTORE: frozenset({S.DELETED, S.RESTORING}),
-    OperationKind.PURGE: frozenset({S.DELETED, S.PURGING}),
-    OperationKind.PROVISION: frozenset({S.FAILED, S.MISSING}),
-}
-DESIRED_AFTER: dict[str, str] = {
-    OperationKind.START: DesiredState.RUNNING,
-    OperationKind.STOP: DesiredState.STOPPED,
-    OperationKind.RESTART: DesiredState.RUNNING,
-    OperationKind.DELETE: DesiredState.DELETED,
-    OperationKind.PURGE: DesiredState.PURGED,
-    OperationKind.PROVISION: DesiredState.RUNNING,
-}
-#: actions a suspended server may not take
-_NEEDS_UNSUSPENDED = frozenset({OperationKind.START, OperationKind.RESTART,
-                                OperationKind.RESTORE, OperationKind.PROVISION})
 
 
 @retry_on_lock_conflict
@@ -51,10 +30,10 @@ def server_request(*, instance_id: Any, kind: str, actor: Actor,
     params = dict(params or {})
     with transaction.atomic():
         inst = ContainerInstance.objects.select_for_update().get(pk=instance_id)
-        if inst.suspended and kind in _NEEDS_UNSUSPENDED:
+        spec = spec_for(kind)
+        if inst.suspended and spec.needs_unsuspended:
             raise InvalidState("This server is suspended; contact support.")
-        allowed = ALLOWED_FROM[kind]
-        if inst.status not in allowed:
+        if inst.status not in spec.requestable_from:
             raise InvalidState(_refusal(kind, inst.status))
         if kind == OperationKind.RESTORE:
             if inst.purge_after is not None and inst.purge_after <= timezone.now():
@@ -67,7 +46,7 @@ def server_request(*, instance_id: Any, kind: str, actor: Actor,
         if active is not None:
             raise OperationInProgress(
                 f"A {active[0]} operation is {active[1]} on this server; wait for it to finish.")
-        desired = params.get("target") if kind == OperationKind.RESTORE else DESIRED_AFTER[kind]
+        desired = spec.desired_after or params["target"]
         ContainerInstance.objects.filter(pk=inst.pk).update(desired_state=desired)
         try:
             with transaction.atomic():

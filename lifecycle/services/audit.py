@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from notifications.redaction import redact
+from core.redaction import redact
 
 from ..choices import ActorKind
 from ..models import AuditEvent

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 
 from django.db import transaction
+from django.db.models import F
 
 from ..models import Node
 from .allocations import ip_pool_ensure, port_pool_ensure
@@ -53,3 +54,10 @@ def node_set_enabled(*, node: Node, enabled: bool, actor: Actor) -> Node:
                  data={"node": node.name})
     node.refresh_from_db()
     return node
+
+
+def node_release_memory(*, node_id: int, memory_mb: int) -> bool:
+    """Give a purged server's memory back to its node (never below zero); call inside the
+    purge's transaction."""
+    return bool(Node.objects.filter(pk=node_id, allocated_memory_mb__gte=memory_mb).update(
+        allocated_memory_mb=F("allocated_memory_mb") - memory_mb))

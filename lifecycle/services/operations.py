@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
@@ -15,6 +16,10 @@ from ..choices import OperationState
 from ..models import Operation
 
 logger = logging.getLogger(__name__)
+
+#: The task that runs an operation (lifecycle/tasks.py), sent by name and routed to its queue
+#: by zlh/celery.py: services never import the worker or the tasks.
+EXECUTE_OPERATION_TASK = "lifecycle.execute_operation"
 
 
 def operation_create(*, instance_id: Any, kind: str, requested_by: str,
@@ -43,11 +48,9 @@ def operation_create(*, instance_id: Any, kind: str, requested_by: str,
 def operation_enqueue(*, operation_id: Any, countdown: float | None = None) -> bool:
     """Publish the task for an operation; never raises. A message that cannot be sent now is
     not lost: the row stays queued and the sweeper sends it again."""
-    from ..tasks import execute_operation  # tasks import services; import late to avoid a cycle
-
     try:
-        execute_operation.apply_async(
-            args=[str(operation_id)], task_id=str(operation_id), queue="lifecycle",
+        current_app.send_task(
+            EXECUTE_OPERATION_TASK, args=[str(operation_id)], task_id=str(operation_id),
             countdown=countdown,
         )
         return True
@@ -55,10 +58,3 @@ def operation_enqueue(*, operation_id: Any, countdown: float | None = None) -> b
         logger.warning("could not enqueue operation %s; the sweeper will retry it",
                        operation_id, exc_info=True)
         return False
-
-
-def operation_execute(*, operation_id: Any) -> str:
-    """Entry point of the task: claim the operation and run its flow (see services.runner)."""
-    from .runner import operation_run
-
-    return operation_run(operation_id=operation_id)

@@ -140,91 +140,26 @@ def server_create(
 def _server_create_tx(*, owner: Any, spec: ServerSpec, key: str | None, actor: Actor) -> CreateResult:
     fingerprint = request_fingerprint(spec)
     plan = PLANS[spec.plan]
-    port_roles = PORT_ROLES[spec.kind]
     with transaction.atomic(durable=True):
         quota = AccountQuota.objects.select_for_update().filter(user_id=owner.pk).first()
         if quota is None:
             raise _NoQuotaRow
-
         if key is not None:
-            existing = (
-                ContainerInstance.objects.filter(owner_id=owner.pk, idempotency_key=key)
-                .select_related("node")
-                .first()
-            )
-            if existing is not None:
-                if existing.request_fingerprint != fingerprint:
-                    raise IdempotencyMismatch(
-                        "This Idempotency-Key was already used for a different request. Use a "
-                        "new key for a new server.",
-                        fields={"Idempotency-Key": ["Already used with another body."]},
-                    )
-                op = (
-                    Operation.objects.filter(instance=existing, kind=OperationKind.PROVISION)
-                    .order_by("created_at")
-                    .first()
-                )
-                return CreateResult(instance=existing, operation=op, created=False)
-
+            replay = _idempotent_replay(owner=owner, key=key, fingerprint=fingerprint)
+            if replay is not None:
+                return replay
         if ContainerInstance.objects.filter(live_slug=spec.name).exists():
-            raise NameTaken(
-                f"The name '{spec.name}' is already in use. Choose another one.",
-                fields={"name": ["Already in use."]},
-            )
-
-        usage = quota_usage(user_id=owner.pk)
-        if usage.servers + 1 > quota.max_servers:
-            raise QuotaExceeded(
-                f"Your plan allows {quota.max_servers} servers and you have {usage.servers} "
-                "(soft-deleted servers count until they are purged).",
-            )
-        if usage.memory_mb + plan.memory_mb > quota.max_memory_mb:
-            raise QuotaExceeded(
-                f"This server needs {plan.memory_mb} MB; your plan allows "
-                f"{quota.max_memory_mb} MB in total and {usage.memory_mb} MB are in use.",
-            )
+            raise _name_taken(spec.name)
+        _check_quota(quota=quota, owner=owner, memory_mb=plan.memory_mb)
 
         vmid_rows = allocation_lock_free(pool_id=_vmid_pool_id(), count=1)
         if not vmid_rows:
             raise CapacityExhausted(
                 "No VMID is free right now. The operator has been told; please try again later."
             )
-        placement = _place(memory_mb=plan.memory_mb, port_roles=port_roles)
-
-        instance = ContainerInstance(
-            owner=owner,
-            name=spec.name,
-            slug=spec.name,
-            live_slug=spec.name,
-            kind=spec.kind,
-            variant=spec.variant,
-            version=spec.version,
-            plan=spec.plan,
-            memory_mb=plan.memory_mb,
-            cores=plan.cores,
-            disk_gb=plan.disk_gb,
-            runtime=spec.runtime,
-            runtime_version=spec.runtime_version,
-            enable_code_server=spec.enable_code_server,
-            node_id=placement.node_id,
-            vmid=vmid_rows[0][1],
-            ip=placement.ip,
-            ports=placement.ports,
-            status=InstanceStatus.PENDING,
-            desired_state=DesiredState.RUNNING,
-            idempotency_key=key,
-            request_fingerprint=fingerprint,
-        )
-        try:
-            instance.save(force_insert=True)
-        except IntegrityError as exc:
-            # Lost a race for the name to a create that committed between our check and insert.
-            if "live_slug" in str(exc):
-                raise NameTaken(
-                    f"The name '{spec.name}' is already in use. Choose another one.",
-                    fields={"name": ["Already in use."]},
-                ) from exc
-            raise
+        placement = _place(memory_mb=plan.memory_mb, port_roles=PORT_ROLES[spec.kind])
+        instance = _insert_instance(owner=owner, spec=spec, key=key, fingerprint=fingerprint,
+                                    vmid=vmid_rows[0][1], placement=placement)
         rows = dict(placement.rows)
         rows[vmid_rows[0][0]] = "vmid"
         allocation_bind(roles_by_row=rows, instance_id=instance.id)
@@ -240,3 +175,83 @@ def _server_create_tx(*, owner: Any, spec: ServerSpec, key: str | None, actor: A
                   "ports": instance.ports, "operation": str(op.id)},
         )
     return CreateResult(instance=instance, operation=op, created=True)
+
+
+def _idempotent_replay(*, owner: Any, key: str, fingerprint: str) -> CreateResult | None:
+    """The earlier create with this key (same body), or None; 422 for another body."""
+    existing = (
+        ContainerInstance.objects.filter(owner_id=owner.pk, idempotency_key=key)
+        .select_related("node")
+        .first()
+    )
+    if existing is None:
+        return None
+    if existing.request_fingerprint != fingerprint:
+        raise IdempotencyMismatch(
+            "This Idempotency-Key was already used for a different request. Use a "
+            "new key for a new server.",
+            fields={"Idempotency-Key": ["Already used with another body."]},
+        )
+    op = (
+        Operation.objects.filter(instance=existing, kind=OperationKind.PROVISION)
+        .order_by("created_at")
+        .first()
+    )
+    return CreateResult(instance=existing, operation=op, created=False)
+
+
+def _name_taken(name: str) -> NameTaken:
+    return NameTaken(f"The name '{name}' is already in use. Choose another one.",
+                     fields={"name": ["Already in use."]})
+
+
+def _check_quota(*, quota: AccountQuota, owner: Any, memory_mb: int) -> None:
+    """Counted under the account row's lock, so concurrent creates cannot overshoot it."""
+    usage = quota_usage(user_id=owner.pk)
+    if usage.servers + 1 > quota.max_servers:
+        raise QuotaExceeded(
+            f"Your plan allows {quota.max_servers} servers and you have {usage.servers} "
+            "(soft-deleted servers count until they are purged).",
+        )
+    if usage.memory_mb + memory_mb > quota.max_memory_mb:
+        raise QuotaExceeded(
+            f"This server needs {memory_mb} MB; your plan allows "
+            f"{quota.max_memory_mb} MB in total and {usage.memory_mb} MB are in use.",
+        )
+
+
+def _insert_instance(*, owner: Any, spec: ServerSpec, key: str | None, fingerprint: str,
+                     vmid: int, placement: _Placement) -> ContainerInstance:
+    plan = PLANS[spec.plan]
+    instance = ContainerInstance(
+        owner=owner,
+        name=spec.name,
+        slug=spec.name,
+        live_slug=spec.name,
+        kind=spec.kind,
+        variant=spec.variant,
+        version=spec.version,
+        plan=spec.plan,
+        memory_mb=plan.memory_mb,
+        cores=plan.cores,
+        disk_gb=plan.disk_gb,
+        runtime=spec.runtime,
+        runtime_version=spec.runtime_version,
+        enable_code_server=spec.enable_code_server,
+        node_id=placement.node_id,
+        vmid=vmid,
+        ip=placement.ip,
+        ports=placement.ports,
+        status=InstanceStatus.PENDING,
+        desired_state=DesiredState.RUNNING,
+        idempotency_key=key,
+        request_fingerprint=fingerprint,
+    )
+    try:
+        instance.save(force_insert=True)
+    except IntegrityError as exc:
+        # Lost a race for the name to a create that committed between our check and insert.
+        if "live_slug" in str(exc):
+            raise _name_taken(spec.name) from exc
+        raise
+    return instance

@@ -1,4 +1,4 @@
-"""The server status state machine (DESIGN §3 "Instance status").
+"""The server status state machine.
 
 Every status change goes through `instance_transition`: one conditional UPDATE naming the
 expected old status(es), which raises unless exactly one row changed, plus an audit row in the

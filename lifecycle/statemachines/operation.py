@@ -1,15 +1,25 @@
-"""The operation state machine: queued -> running -> succeeded | failed, plus stale/cancelled.
+"""The operation state machine and its named transitions.
 
-Transitions are conditional UPDATEs on (id, expected state[, worker]); entering a terminal state
-frees the instance's active slot in the same statement.
+    queued ──claim──▶ running ──succeed──▶ succeeded
+       ▲                 │ ├──fail─────▶ failed    (an outside system refused or stayed down)
+       └──retry_later────┘ ├──errored──▶ errored   (our own code failed: a platform error)
+                           └──mark_stale▶ stale     (its worker vanished; the reconciler)
+    running ──claim──▶ running (a lease takeover after the old worker's lease expired)
+
+Every transition is one conditional UPDATE on (id, expected state[, worker]) that raises
+TransitionConflict unless exactly one row changed; entering a terminal state frees the
+server's active slot in the same statement. Leases are judged with the database clock only.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
-from django.db.models import Q
-from django.db.models.functions import Now
+from django.conf import settings
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
+from django.db.models.functions import Coalesce, Now
+from django.utils import timezone
 
 from ..choices import TERMINAL_OPERATION_STATES
 from ..choices import OperationState as O
@@ -20,9 +30,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     O.QUEUED: frozenset({O.RUNNING, O.CANCELLED, O.STALE, O.FAILED}),
     # running -> running is a lease takeover by another worker; running -> queued hands the
     # operation back for a retry (a retryable error, a lost lease).
-    O.RUNNING: frozenset({O.RUNNING, O.QUEUED, O.SUCCEEDED, O.FAILED, O.STALE, O.CANCELLED}),
+    O.RUNNING: frozenset({O.RUNNING, O.QUEUED, O.SUCCEEDED, O.FAILED, O.ERRORED, O.STALE,
+                          O.CANCELLED}),
     O.SUCCEEDED: frozenset(),
     O.FAILED: frozenset(),
+    O.ERRORED: frozenset(),
     O.STALE: frozenset(),
     O.CANCELLED: frozenset(),
 }
@@ -58,3 +70,73 @@ def operation_transition(
         raise TransitionConflict(
             f"operation {operation_id} is {current or 'gone'}, expected {sorted(expected_set)}"
         )
+
+
+# --- the named transitions -----------------------------------------------------------------
+def lease_expiry() -> ExpressionWrapper:
+    """Now + the lease, computed by the database (the clock every lease is judged by)."""
+    return ExpressionWrapper(
+        Now() + timedelta(seconds=settings.OPERATION_LEASE_SECONDS),
+        output_field=DateTimeField(),
+    )
+
+
+def claimable() -> Q:
+    """Queued and due, or running under a lease that has expired."""
+    due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now())
+    return (Q(state=O.QUEUED) & due) | Q(state=O.RUNNING, lease_expires_at__lt=Now())
+
+
+def held_by(worker: str) -> Q:
+    return Q(worker=worker)
+
+
+def operation_claim(*, operation_id: Any, worker: str) -> None:
+    """queued|running(expired) -> running, owned by `worker` under a fresh lease."""
+    operation_transition(
+        operation_id=operation_id, expected=(O.QUEUED, O.RUNNING), to=O.RUNNING,
+        condition=claimable(),
+        fields={"worker": worker, "lease_expires_at": lease_expiry(),
+                "attempt": F("attempt") + 1, "started_at": Coalesce(F("started_at"), Now()),
+                "next_attempt_at": None},
+    )
+
+
+def operation_retry_later(*, operation_id: Any, worker: str, error: dict[str, Any],
+                          log: list[dict[str, Any]], delay_seconds: float) -> None:
+    """running -> queued, due again after `delay_seconds` (database clock)."""
+    operation_transition(
+        operation_id=operation_id, expected=O.RUNNING, to=O.QUEUED, condition=held_by(worker),
+        fields={"error": error, "log": log, "worker": "", "lease_expires_at": None,
+                "next_attempt_at": ExpressionWrapper(
+                    Now() + timedelta(seconds=delay_seconds), output_field=DateTimeField()),
+                # Compared with a Python-computed cutoff by the sweeper: written with the same.
+                "enqueued_at": timezone.now()},
+    )
+
+
+def operation_succeed(*, operation_id: Any, worker: str, log: list[dict[str, Any]]) -> None:
+    operation_transition(operation_id=operation_id, expected=O.RUNNING, to=O.SUCCEEDED,
+                         condition=held_by(worker),
+                         fields={"error": None, "log": log, "step": "done"})
+
+
+def operation_fail(*, operation_id: Any, worker: str, error: dict[str, Any],
+                   log: list[dict[str, Any]]) -> None:
+    """running -> failed: the work failed (an outside system), for good."""
+    operation_transition(operation_id=operation_id, expected=O.RUNNING, to=O.FAILED,
+                         condition=held_by(worker), fields={"error": error, "log": log})
+
+
+def operation_errored(*, operation_id: Any, worker: str, error: dict[str, Any],
+                      log: list[dict[str, Any]]) -> None:
+    """running -> errored: our own code failed (a bug, an unexpected exception)."""
+    operation_transition(operation_id=operation_id, expected=O.RUNNING, to=O.ERRORED,
+                         condition=held_by(worker), fields={"error": error, "log": log})
+
+
+def operation_mark_stale(*, operation_id: Any, lease_expired_before: Any, reason: str) -> None:
+    """running -> stale: its worker's lease ran out long ago (the reconciler's repair)."""
+    operation_transition(operation_id=operation_id, expected=O.RUNNING, to=O.STALE,
+                         condition=Q(lease_expires_at__lt=lease_expired_before),
+                         fields={"error": {"kind": "stale", "message": reason}})

@@ -9,8 +9,8 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from lifecycle.choices import AllocationState, PoolKind
-from lifecycle.models import Allocation, Node
+from lifecycle.models import Node
+from lifecycle.selectors import node_capacity_list
 from lifecycle.services.audit import Actor
 from lifecycle.services.nodes import node_create, node_set_enabled
 
@@ -58,16 +58,11 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             self.stdout.write(f"added node {node.name}")
         elif verb == "list":
-            for node in Node.objects.all():
-                free = {
-                    kind: Allocation.objects.filter(pool__node=node, pool__kind=kind,
-                                                    state=AllocationState.FREE).count()
-                    for kind in (PoolKind.IP, PoolKind.PORT)
-                }
+            for node in node_capacity_list():  # a constant number of queries
                 self.stdout.write(
-                    f"{node.name:10} {'enabled' if node.enabled else 'DISABLED':8} "
-                    f"mem {node.allocated_memory_mb}/{node.memory_mb} MB  "
-                    f"free ips {free[PoolKind.IP]}  free ports {free[PoolKind.PORT]}"
+                    f"{node['name']:10} {'enabled' if node['enabled'] else 'DISABLED':8} "
+                    f"mem {node['allocated_memory_mb']}/{node['memory_mb']} MB  "
+                    f"free ips {node['free_ips']}  free ports {node['free_ports']}"
                 )
         else:
             node = Node.objects.filter(name=opts["name"]).first()

@@ -1,5 +1,6 @@
-"""Periodic upkeep driven from the data (DESIGN §1.2, STYLE 8): re-send operations whose message
-was lost, take over operations whose worker died, purge what is due, free quarantined values."""
+"""Periodic upkeep driven from the data, so that Redis may lose anything at any time: re-send
+operations whose message was lost, take over operations whose worker died, purge what is due,
+free quarantined values. Each runs from the beat schedule; each pass is bounded."""
 from __future__ import annotations
 
 import logging
@@ -14,11 +15,12 @@ from django.utils import timezone
 from ..choices import InstanceStatus, OperationKind
 from ..choices import OperationState as O
 from ..errors import LifecycleError
+from ..clients.proxmox import ProxmoxClient, ProxmoxError
 from ..models import ContainerInstance, Operation
-from .actions import server_request
-from .allocations import allocation_release_quarantined
-from .audit import Actor
-from .operations import operation_enqueue
+from ..services.actions import server_request
+from ..services.allocations import allocation_release_quarantined
+from ..services.audit import Actor
+from ..services.operations import operation_enqueue
 
 logger = logging.getLogger(__name__)
 BATCH = 500
@@ -69,8 +71,6 @@ def server_purge_due(*, limit: int = 100) -> int:
 
 def quarantine_release() -> dict[str, Any]:
     """Free values whose quarantine is over; VMIDs only if Proxmox confirms they are absent."""
-    from ..clients.proxmox import ProxmoxClient, ProxmoxError
-
     try:
         resources = ProxmoxClient.from_settings().cluster_resources()
         present: set[int] | None = {int(r["vmid"]) for r in resources if "vmid" in r}

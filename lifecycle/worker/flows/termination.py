@@ -6,37 +6,31 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from notifications.services import notify_lifecycle
 
-from ...choices import LIVE_STATUSES, DesiredState
+from ...choices import DesiredState
 from ...choices import InstanceStatus as S
-from ...models import Node
-from ..allocations import allocation_release_to_quarantine
-from ..edge import unpublish_step
-from ..runner import OperationContext, StepError
-from .common import (
-    Flow,
-    container_destroy,
-    finish,
-    move,
-    proxmox,
-    record_failure,
-    server_facts,
-    settle_on_failure,
-)
+from ...services.allocations import allocation_release_to_quarantine
+from ...services.nodes import node_release_memory
+from ..context import OperationContext
+from ..errors import StepError
+from ..steps import Step
+from ..steps.edge import unpublish_step
+from ..steps.proxmox import container_destroy, proxmox
+from ..steps.status import begin, finish, record_failure, server_facts, settle_on_failure
+from . import Flow
 from .power import start_steps, stop_steps
 
 
 def _run_delete(ctx: OperationContext) -> None:
-    move(ctx, expected=LIVE_STATUSES, to=S.DELETING)
+    begin(ctx)
     unpublish_step(ctx, ctx.instance())
     stop_steps(ctx)
     now = timezone.now()
     purge_after = now + timedelta(seconds=settings.ZLH_SOFT_DELETE_WINDOW_SECONDS)
-    finish(ctx, expected=S.DELETING, to=S.DELETED,
+    finish(ctx, expected=ctx.spec.working, to=ctx.spec.ends_in,
            fields={"deleted_at": now, "purge_after": purge_after},
            announce=lambda inst: notify_lifecycle(
                f"{inst.slug} deleted",
@@ -48,27 +42,26 @@ def _run_restore(ctx: OperationContext) -> None:
     inst = ctx.instance()
     if inst.status == S.DELETED and inst.purge_after and inst.purge_after <= timezone.now():
         raise StepError("the restore window has passed", kind="window_passed")
-    move(ctx, expected=S.DELETED, to=S.RESTORING)
+    begin(ctx)
     target = ctx.params.get("target", DesiredState.RUNNING)
     if target == DesiredState.RUNNING:
         start_steps(ctx)
-    finish(ctx, expected=S.RESTORING,
+    finish(ctx, expected=ctx.spec.working,
            to=S.RUNNING if target == DesiredState.RUNNING else S.STOPPED,
            fields={"deleted_at": None, "purge_after": None})
 
 
 def _run_purge(ctx: OperationContext) -> None:
-    move(ctx, expected=S.DELETED, to=S.PURGING)
+    begin(ctx)
     container_destroy(ctx, proxmox(), ctx.instance())
-    ctx.checkpoint("destroyed", "container gone")
+    ctx.checkpoint(Step.DESTROYED, "container gone")
     inst = ctx.instance()
     with transaction.atomic():
         released = allocation_release_to_quarantine(instance_id=inst.id)
         if inst.node_id:
-            Node.objects.filter(pk=inst.node_id, allocated_memory_mb__gte=inst.memory_mb).update(
-                allocated_memory_mb=F("allocated_memory_mb") - inst.memory_mb)
+            node_release_memory(node_id=inst.node_id, memory_mb=inst.memory_mb)
         ctx.note(f"{released} allocations moved to quarantine")
-        finish(ctx, expected=S.PURGING, to=S.PURGED,
+        finish(ctx, expected=ctx.spec.working, to=ctx.spec.ends_in,
                fields={"desired_state": DesiredState.PURGED},
                announce=lambda inst: notify_lifecycle(
                    f"{inst.slug} purged",

@@ -1,5 +1,5 @@
 """Provision: ensure the container → start it → send the agent its payload (installed before
-the first boot) → wait for ready → running."""
+the first boot) → wait for ready → publish the edge → running."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,48 +7,42 @@ from typing import Any
 from notifications.services import alert_resolve, notify_lifecycle, notify_warning
 
 from ...choices import InstanceStatus as S
+from ...clients.agent import AgentState
 from ...models import ContainerInstance
-from ..edge import publish_step
-from ..runner import OperationContext
-from .common import (
-    Flow,
-    agent_for,
-    container_start,
-    ensure_container,
-    finish,
-    move,
-    provisioning_payload,
-    proxmox,
-    server_facts,
-    settle_on_failure,
-    wait_agent,
-    wait_ready,
-)
+from ..context import OperationContext
+from ..steps import Step
+from ..steps.agent import agent_for, wait_agent, wait_ready
+from ..steps.edge import publish_step
+from ..steps.payload import provisioning_payload
+from ..steps.proxmox import container_start, ensure_container, proxmox
+from ..steps.status import begin, finish, server_facts, settle_on_failure
+from . import Flow
 
 
 def run(ctx: OperationContext) -> None:
-    move(ctx, expected=(S.PENDING, S.FAILED, S.MISSING), to=S.PROVISIONING,
-         fields={"last_error": None})
+    begin(ctx, fields={"last_error": None})
     pve = proxmox()
     inst = ensure_container(ctx, pve)
     container_start(ctx, pve, inst)
-    ctx.checkpoint("started", f"CT {inst.vmid} running")
+    ctx.checkpoint(Step.STARTED, f"CT {inst.vmid} running")
 
     agent = agent_for(inst)
     try:
         status = wait_agent(ctx, agent)
-        if status.get("state") == "failed" or not (
-            status.get("provisioningComplete") or status.get("state") == "installing"
+        state = status.get("state")
+        if state == AgentState.FAILED or not (
+            status.get("provisioningComplete") or state == AgentState.INSTALLING
         ):
             reply = agent.provision(provisioning_payload(inst))
-            ctx.checkpoint("payload", f"payload sent ({'replayed' if reply.get('replay') else 'new'})")
+            ctx.checkpoint(Step.PAYLOAD,
+                           f"payload sent ({'replayed' if reply.get('replay') else 'new'})")
         else:
-            ctx.checkpoint("payload", f"agent already has the payload ({status.get('state')})")
+            ctx.checkpoint(Step.PAYLOAD, f"agent already has the payload ({state})")
         wait_ready(ctx, agent)
     finally:
         agent.close()
     publish_step(ctx, inst)  # only now: Velocity never gets a backend that cannot answer
-    finish(ctx, expected=S.PROVISIONING, to=S.RUNNING, announce=_announce_running)
+    finish(ctx, expected=ctx.spec.working, to=ctx.spec.ends_in, announce=_announce_running)
 
 
 def _announce_running(inst: ContainerInstance) -> None:

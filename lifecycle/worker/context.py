@@ -1,0 +1,111 @@
+"""What a flow gets: the claimed operation, its server, and bookkeeping guarded by the lease.
+
+Every write here names the claiming worker: a worker whose lease was taken over gets zero rows,
+raises LeaseLost and stops at once.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from core.redaction import redact_text
+
+from ..choices import OperationState as O
+from ..errors import TransitionConflict
+from ..models import ContainerInstance, Operation
+from ..operation_kinds import OperationSpec, spec_for
+from ..services.audit import Actor
+from ..statemachines.operation import lease_expiry, operation_succeed
+from .errors import LeaseLost, StepError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+LOG_LIMIT = 60
+
+
+@dataclass
+class OperationContext:
+    operation_id: uuid.UUID
+    instance_id: uuid.UUID
+    kind: str
+    worker: str
+    attempt: int
+    params: dict[str, Any]
+    log: list[dict[str, Any]] = field(default_factory=list)
+    step: str = ""
+    _renewed_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def spec(self) -> OperationSpec:
+        return spec_for(self.kind)
+
+    @property
+    def actor(self) -> Actor:
+        return Actor.system(f"worker {self.worker.split(':')[0]}")
+
+    # --- lease-guarded writes -------------------------------------------------------------------
+    def _guarded(self) -> Any:
+        return Operation.objects.filter(pk=self.operation_id, state=O.RUNNING, worker=self.worker)
+
+    def renew(self, *, force: bool = False) -> None:
+        """Extend the lease (at most every third of it unless forced); LeaseLost if it is gone."""
+        fresh = time.monotonic() - self._renewed_at < settings.OPERATION_LEASE_SECONDS / 3
+        if fresh and not force:
+            return
+        if not self._guarded().update(lease_expires_at=lease_expiry(), updated_at=Now()):
+            raise LeaseLost(f"operation {self.operation_id}: lease lost")
+        self._renewed_at = time.monotonic()
+
+    def note(self, message: str) -> None:
+        self.log.append({"at": timezone.now().isoformat(timespec="seconds"),
+                         "attempt": self.attempt, "msg": redact_text(message)[:500]})
+        del self.log[:-LOG_LIMIT]
+        logger.info("operation %s (%s): %s", self.operation_id, self.kind, message)
+
+    def checkpoint(self, step: str, message: str = "") -> None:
+        """Record progress; also renews the lease. LeaseLost if another worker took over."""
+        self.step = step
+        self.note(message or f"step {step}")
+        if not self._guarded().update(step=step, log=self.log, lease_expires_at=lease_expiry(),
+                                      updated_at=Now()):
+            raise LeaseLost(f"operation {self.operation_id}: lease lost at step {step}")
+        self._renewed_at = time.monotonic()
+
+    def succeed(self) -> None:
+        """Finish the operation; call inside the transaction of the final server transition."""
+        self.note("succeeded")
+        try:
+            operation_succeed(operation_id=self.operation_id, worker=self.worker, log=self.log)
+        except TransitionConflict as exc:
+            raise LeaseLost(str(exc)) from exc
+
+    # --- reads and waits ------------------------------------------------------------------------
+    def instance(self) -> ContainerInstance:
+        return ContainerInstance.objects.select_related("node").get(pk=self.instance_id)
+
+    def wait_for(self, check: Callable[[], T | None], *, timeout: float, what: str,
+                 retryable: bool = True) -> T:
+        """Poll `check` until it returns something, renewing the lease; bounded by `timeout`.
+
+        Starts fast (50 ms) and backs off to 2 s. `check` may raise to abort the wait.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            result = check()
+            if result is not None:
+                return result
+            if time.monotonic() >= deadline:
+                raise StepError(f"timed out after {timeout:.0f}s waiting for {what}",
+                                retryable=retryable, kind="timeout")
+            self.renew()
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(2.0, delay * 1.6)

@@ -1,0 +1,73 @@
+"""Start, graceful stop and restart of a provisioned server."""
+from __future__ import annotations
+
+from typing import Any
+
+from ...choices import InstanceStatus as S
+from ...clients.proxmox import PowerState
+from ..context import OperationContext
+from ..steps import RESTART_STOP_DONE, Step
+from ..steps.agent import agent_for, wait_agent, wait_ready
+from ..steps.edge import publish_step, velocity_unregister_step
+from ..steps.proxmox import container_power, container_start, container_stop, proxmox
+from ..steps.status import begin, finish, settle_on_failure
+from . import Flow
+
+
+def start_steps(ctx: OperationContext) -> None:
+    """Container running, agent up, game started, ready, edge published."""
+    pve = proxmox()
+    inst = ctx.instance()
+    container_start(ctx, pve, inst)
+    ctx.checkpoint(Step.STARTED, f"CT {inst.vmid} running")
+    agent = agent_for(inst)
+    try:
+        wait_agent(ctx, agent)
+        agent.game_start()
+        wait_ready(ctx, agent)
+    finally:
+        agent.close()
+    publish_step(ctx, inst)
+
+
+def stop_steps(ctx: OperationContext) -> None:
+    """Velocity first (no player is sent to a server going away), then a graceful stop."""
+    inst = ctx.instance()
+    velocity_unregister_step(ctx, inst)
+    container_stop(ctx, proxmox(), inst)
+    ctx.checkpoint(Step.STOPPED, "container stopped")
+
+
+def _run_start(ctx: OperationContext) -> None:
+    begin(ctx)
+    start_steps(ctx)
+    finish(ctx, expected=ctx.spec.working, to=ctx.spec.ends_in)
+
+
+def _run_stop(ctx: OperationContext) -> None:
+    begin(ctx)
+    stop_steps(ctx)
+    finish(ctx, expected=ctx.spec.working, to=ctx.spec.ends_in)
+
+
+def _run_restart(ctx: OperationContext) -> None:
+    begin(ctx)
+    if ctx.step not in RESTART_STOP_DONE:
+        stop_steps(ctx)
+    start_steps(ctx)
+    finish(ctx, expected=ctx.spec.working, to=ctx.spec.ends_in)
+
+
+def _settle_by_power(ctx: OperationContext, error: dict[str, Any]) -> None:
+    """After a failed power operation, show what the container really does."""
+    try:
+        power = container_power(proxmox(), ctx.instance())
+    except Exception:  # Proxmox unreachable too: leave the status to the reconciler
+        power = None
+    to = S.RUNNING if power == PowerState.RUNNING else S.STOPPED
+    settle_on_failure(ctx, expected=(ctx.spec.working,), to=to, error=error)
+
+
+START = Flow(run=_run_start, on_failure=_settle_by_power)
+STOP = Flow(run=_run_stop, on_failure=_settle_by_power)
+RESTART = Flow(run=_run_restart, on_failure=_settle_by_power)

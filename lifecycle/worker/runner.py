@@ -1,0 +1,154 @@
+"""Running an operation exactly once, whatever is delivered twice or dies halfway.
+
+A task claims its operation with one conditional UPDATE (queued and due, or running with an
+expired lease) and writes its worker identity and a lease onto the row, judged by the database
+clock. A second delivery finds the row claimed and exits without side effects. While working,
+the flow renews the lease and checkpoints its step (`context.OperationContext`).
+
+How it ends:
+- an outside failure that may pass (timeouts, 5xx, locks) → `queued` again after a backoff,
+  with a new message; after too many attempts → `failed`;
+- an outside failure that will not pass (a refusal, a foreign container) → `failed`;
+- our own code raising something unexpected → retried the same way, then `errored` (a platform
+  error an operator must look at, kept apart from failures of the outside world).
+In both terminal cases the flow's `on_failure` puts the server in a readable state, in the same
+transaction that ends the operation.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import traceback
+import uuid
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import ExternalError
+from core.redaction import redact
+
+from ..errors import TransitionConflict
+from ..models import Operation
+from ..operation_kinds import spec_for
+from ..services.operations import operation_enqueue
+from ..statemachines.operation import (
+    operation_claim,
+    operation_errored,
+    operation_fail,
+    operation_retry_later,
+)
+from .context import OperationContext
+from .errors import LeaseLost, StepError
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    """What `operation_run` reports (for logs and tests)."""
+
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    ERRORED = "errored"
+    LEASE_LOST = "lease-lost"
+    NOT_CLAIMED = "not-claimed"
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def claim(*, operation_id: Any, worker: str | None = None) -> OperationContext | None:
+    """Take the operation for this worker, or None if it is not claimable (done, running
+    elsewhere under a live lease, or not due yet)."""
+    worker = worker or worker_identity()
+    try:
+        operation_claim(operation_id=operation_id, worker=worker)
+    except TransitionConflict:
+        return None
+    op = Operation.objects.get(pk=operation_id)
+    ctx = OperationContext(operation_id=op.id, instance_id=op.instance_id, kind=op.kind,
+                           worker=worker, attempt=op.attempt, params=op.params or {},
+                           log=list(op.log or []), step=op.step)
+    ctx.note(f"claimed by {worker} (attempt {op.attempt}"
+             f"{', after step ' + op.step if op.step else ''})")
+    return ctx
+
+
+def error_json(err: BaseException) -> dict[str, Any]:
+    """How an error is stored on the operation and the server: readable and redacted."""
+    kind = getattr(err, "kind", type(err).__name__)
+    message = getattr(err, "message", None) or str(err) or type(err).__name__
+    return redact({"kind": kind, "message": message[:1000],
+                   "retryable": bool(getattr(err, "retryable", False)),
+                   "at": timezone.now().isoformat(timespec="seconds")})
+
+
+def _retry_later(ctx: OperationContext, err: BaseException) -> None:
+    delay = min(settings.OPERATION_RETRY_MAX_SECONDS,
+                settings.OPERATION_RETRY_BASE_SECONDS * (2 ** max(0, ctx.attempt - 1)))
+    ctx.note(f"retryable failure, retrying in {delay:.1f}s: {error_json(err)['message']}")
+    try:
+        operation_retry_later(operation_id=ctx.operation_id, worker=ctx.worker,
+                              error=error_json(err), log=ctx.log, delay_seconds=delay)
+    except TransitionConflict:
+        return  # someone else owns it now
+    operation_enqueue(operation_id=ctx.operation_id, countdown=delay)
+
+
+def _end(ctx: OperationContext, err: BaseException, transition: Callable[..., None],
+         on_failure: Callable | None) -> None:
+    """End the operation for good (failed or errored) and let the flow settle the server."""
+    error = error_json(err)
+    ctx.note(f"{transition.__name__.removeprefix('operation_')}: {error['message']}")
+    with transaction.atomic():
+        try:
+            transition(operation_id=ctx.operation_id, worker=ctx.worker, error=error,
+                       log=ctx.log)
+        except TransitionConflict:
+            return
+        if on_failure is not None:
+            on_failure(ctx, error)
+
+
+def operation_run(*, operation_id: Any) -> str:
+    """Claim and run one operation. Returns an `Outcome` value."""
+    ctx = claim(operation_id=operation_id)
+    if ctx is None:
+        logger.info("operation %s not claimable (done, owned or not due); exiting", operation_id)
+        return Outcome.NOT_CLAIMED
+    flow = spec_for(ctx.kind).load_flow()
+    last_try = ctx.attempt >= settings.OPERATION_MAX_ATTEMPTS
+    try:
+        if ctx.attempt > settings.OPERATION_MAX_ATTEMPTS:
+            raise StepError(f"gave up after {ctx.attempt - 1} attempts", kind="attempts_exhausted")
+        flow.run(ctx)
+        return Outcome.SUCCEEDED
+    except LeaseLost as exc:
+        logger.warning("operation %s: %s; stopping without further changes", operation_id, exc)
+        return Outcome.LEASE_LOST
+    except ExternalError as err:
+        if err.retryable and not last_try:
+            _retry_later(ctx, err)
+            return Outcome.RETRYING
+        _end(ctx, err, operation_fail, flow.on_failure)
+        return Outcome.FAILED
+    except Exception as err:  # our own bug or an unclassified failure: retry, then `errored`
+        logger.exception("operation %s: unexpected error", operation_id)
+        wrapped = StepError(f"internal error: {type(err).__name__}: {err}", retryable=True,
+                            kind="internal")
+        wrapped.__cause__ = err
+        ctx.note("".join(traceback.format_exception_only(type(err), err)).strip())
+        try:
+            if not last_try:
+                _retry_later(ctx, wrapped)
+                return Outcome.RETRYING
+            _end(ctx, wrapped, operation_errored, flow.on_failure)
+        except LeaseLost:
+            pass
+        return Outcome.ERRORED
