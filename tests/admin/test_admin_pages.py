@@ -63,8 +63,8 @@ def _crawl(client):
 def test_a_planted_secret_appears_in_no_admin_page(admin_client, platform, alice):
     inst = server_create(owner=alice.user, data=game_body("secretive")).instance
     ContainerInstance.objects.filter(pk=inst.id).update(
-        config={"rcon_password": SECRET, "note": f"key={SECRET}"},
-        last_error={"message": f"Bearer {SECRET}"})
+        last_error={"message": f"Bearer {SECRET}", "rcon_password": SECRET,
+                    "note": f"key={SECRET}"})
     Operation.objects.filter(instance=inst).update(
         error={"message": f"proxmox said token={SECRET}"},
         log=[{"at": "now", "attempt": 1, "msg": f"api_key: {SECRET}"}])
@@ -151,3 +151,40 @@ def test_notification_resend_and_channel_enable_are_logged_with_the_admin(admin_
     messages = set(LogEntry.objects.filter(user__username="op").values_list("change_message",
                                                                              flat=True))
     assert {"resent", "re-enabled"} <= messages
+
+
+def test_the_reconciler_extends_the_server_admin(admin_client, stack, owner):
+    """The server admin is the lifecycle app's; the reconciler registers a subclass with its
+    findings column and filter, the repair events on a server's page and the dry-run preview."""
+    from django.contrib import admin as django_admin
+
+    from lifecycle.admin import ContainerInstanceAdmin
+    from reconciler.admin import ReconciledServerAdmin
+
+    registered = django_admin.site._registry[ContainerInstance]
+    assert type(registered) is ReconciledServerAdmin
+    assert isinstance(registered, ContainerInstanceAdmin)
+
+    flagged = server_create(owner=owner.user, data=game_body("flagged")).instance
+    quiet = server_create(owner=owner.user, data=game_body("calm")).instance
+    Finding.objects.create(key=f"edge_drift:{flagged.id}", finding_type="edge_drift", level=1,
+                           action="dns_republish", instance_id=flagged.id,
+                           subject=str(flagged.id), last_seen=flagged.created_at)
+    url = reverse("admin:lifecycle_containerinstance_changelist")
+    html = admin_client.get(url).content.decode()
+    assert "column-findings_count" in html
+    with_findings = admin_client.get(url, {"findings": "yes"}).content.decode()
+    assert ">flagged<" in with_findings and ">calm<" not in with_findings
+    without = admin_client.get(url, {"findings": "no"}).content.decode()
+    assert ">calm<" in without and ">flagged<" not in without
+
+    page = admin_client.get(reverse("admin:lifecycle_containerinstance_change",
+                                    args=[flagged.id])).content.decode()
+    assert "Open findings: edge_drift" in page
+
+    resp = admin_client.post(url, {"action": "reconcile_preview",
+                                   "_selected_action": [str(flagged.id), str(quiet.id)]})
+    body = resp.content.decode()
+    assert resp.status_code == 200
+    assert "Reconciler preview for" in body and "flagged" in body and "proxmox" in body
+    assert AuditEvent.objects.filter(action="admin:reconcile_preview").count() == 2

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from lifecycle.models import Allocation, ContainerInstance, Node, Operation
 from lifecycle.services.servers import server_create
-from lifecycle.services.sweeper import operation_sweep, quarantine_release, server_purge_due
+from lifecycle.worker.sweeper import operation_sweep, quarantine_release, server_purge_due
 from tests.support.platform import game_body, make_user
 
 from tests.support.stack import wait_operation, wait_status
@@ -188,7 +188,13 @@ def test_a_crash_while_starting_is_reported_and_the_start_retried(stack, worker,
     act(api, owner, inst.id, "stop")
     wait_status(inst.id, "stopped")
     stack.pve("POST", "/_sim/time-scale", json={"scale": 0.5})  # the game boots in 1.5 s
+    stack.agents("DELETE", "/_sim/calls")
     op = act(api, owner, inst.id, "start").json()
+    # Crash the game the worker started (the container's boot autostarts it too: crashing
+    # that one before the worker asks would only be undone by the worker's own start).
+    wait_until(lambda: any(method == "POST" and path.endswith("/game/start")
+                           for method, path, *_ in stack.agents("GET", "/_sim/calls")["calls"]),
+               timeout=30, what="the worker to start the game")
     wait_until(lambda: stack.agent(inst.vmid)["state"] == "starting", timeout=30,
                what="the game to be starting")
     stack.agents("POST", f"/_sim/agents/{inst.vmid}/crash",

@@ -133,3 +133,22 @@ def test_an_agent_that_cannot_install_fails_the_server_with_its_reason(stack, wo
     assert "mod download failed" in inst.last_error["message"]
     resp = APIClient().get(f"/api/v1/servers/{inst.id}/status", **owner.headers).json()
     assert resp["status"] == "failed" and "mod download failed" in resp["last_error"]["message"]
+
+
+def test_a_bug_in_our_own_code_ends_errored_not_failed(stack, worker, owner):
+    """`failed` is the outside world failing (above); `errored` is our code raising something
+    nobody classified. Both retry, both settle the server readably, and they stay apart."""
+    from lifecycle.models import Node
+
+    result = server_create(owner=owner.user, data=game_body("buggy"))
+    # A node row that passed no validation: building the container's net0 raises ValueError.
+    Node.objects.filter(pk=result.instance.node_id).update(subnet="not-a-network")
+    op = wait_operation(result.operation.id, states=("errored", "failed", "succeeded"),
+                        timeout=90)
+    assert op.state == "errored", (op.state, op.error)
+    assert op.error["kind"] == "internal" and "ValueError" in op.error["message"]
+    assert op.attempt > 1  # retried before giving up, like any other failure
+    assert op.active_slot is None
+    inst = ContainerInstance.objects.get(pk=result.instance.id)
+    assert inst.status == "failed" and inst.last_error["kind"] == "internal"
+    assert stack.containers() == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lifecycle.models import ContainerInstance, Operation
-from lifecycle.services.sweeper import operation_sweep
+from lifecycle.worker.sweeper import operation_sweep
 from tests.support.devstack import apply_settings
 from tests.support.platform import make_user, seed_platform
 from tests.support.procs import child_env

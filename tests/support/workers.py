@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from zlh.celery import QUEUES as ALL_QUEUES
+
 from .procs import REPO
 
-QUEUES = "lifecycle,repair,edge,notify"
+QUEUES = ",".join(ALL_QUEUES)
 
 
 class CeleryProcess:
