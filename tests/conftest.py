@@ -11,6 +11,14 @@ from tests.support.devstack import Devstack
 from tests.support.platform import make_user, seed_platform
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-query-counts", action="store_true", default=False,
+        help="tests/test_query_counts.py: rewrite the baselines in tests/query_counts/*.json "
+             "with the query counts measured now instead of comparing against them",
+    )
+
+
 @pytest.fixture(autouse=True)
 def clean_redis():
     """Every test starts with an empty broker/cache database (a Redis db of the tests' own)."""
