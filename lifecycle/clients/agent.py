@@ -29,8 +29,14 @@ AGENT_GAME_DOWN = frozenset({AgentState.STOPPED, AgentState.IDLE, AgentState.INS
                              AgentState.CRASHED, AgentState.FAILED})
 
 
+class AgentErrorKind(StrEnum):
+    UNREACHABLE = "unreachable"  # connection refused/reset, timeout
+    REJECTED = "rejected"        # 4xx: it refused us (or the request)
+    ERROR = "error"              # 5xx
+
+
 class AgentError(ExternalError):
-    """kind: unreachable (connection refused/reset, timeout), rejected (4xx), error (5xx)."""
+    """`kind` is an AgentErrorKind."""
 
     system = "agent"
 
@@ -56,17 +62,17 @@ class AgentClient:
                                         timeout=self.timeout)
         except requests.exceptions.RequestException as exc:
             raise AgentError(f"agent {method} {path}: {exc.__class__.__name__}",
-                             kind="unreachable", retryable=True) from exc
+                             kind=AgentErrorKind.UNREACHABLE, retryable=True) from exc
         try:
             body = resp.json()
         except ValueError:
             body = {"raw": resp.text[:200]}
         if resp.status_code >= 500:
-            raise AgentError(f"agent {method} {path}: HTTP {resp.status_code}", kind="error",
+            raise AgentError(f"agent {method} {path}: HTTP {resp.status_code}", kind=AgentErrorKind.ERROR,
                              retryable=True)
         if resp.status_code >= 400:
             raise AgentError(f"agent {method} {path}: HTTP {resp.status_code} {body}",
-                             kind="rejected", retryable=False)
+                             kind=AgentErrorKind.REJECTED, retryable=False)
         return resp.status_code, body
 
     def status(self) -> dict[str, Any]:

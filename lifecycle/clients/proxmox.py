@@ -36,23 +36,41 @@ class TaskStatus(StrEnum):
     STOPPED = "stopped"  # finished; `exitstatus` says how
 
 
+class PveErrorKind(StrEnum):
+    """What a Proxmox failure means, classified once (ProxmoxError.kind)."""
+
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    LOCKED = "locked"
+    LOCK_TIMEOUT = "lock_timeout"
+    NOT_RUNNING = "not_running"
+    ALREADY_RUNNING = "already_running"
+    SHUTDOWN_TIMEOUT = "shutdown_timeout"
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"
+    AUTH = "auth"
+    FORBIDDEN = "forbidden"
+    BAD_REQUEST = "bad_request"
+    TASK_FAILED = "task_failed"
+    ERROR = "error"
+
+
 class ProxmoxError(ExternalError):
-    """kind: not_found, already_exists, locked, lock_timeout, not_running, already_running,
-    timeout, unavailable, auth, bad_request, task_failed, error."""
+    """`kind` is a PveErrorKind."""
 
     system = "proxmox"
 
 
 # (substring of PVE's message, kind, retryable), first match wins.
 _CLASSIFY: tuple[tuple[str, str, bool], ...] = (
-    ("does not exist", "not_found", False),
-    ("already exists", "already_exists", False),
-    ("got timeout", "lock_timeout", True),
-    ("is locked", "locked", True),
-    ("already running", "already_running", False),
-    ("not running", "not_running", False),
-    ("no quorum", "unavailable", True),
-    ("container did not stop", "shutdown_timeout", True),
+    ("does not exist", PveErrorKind.NOT_FOUND, False),
+    ("already exists", PveErrorKind.ALREADY_EXISTS, False),
+    ("got timeout", PveErrorKind.LOCK_TIMEOUT, True),
+    ("is locked", PveErrorKind.LOCKED, True),
+    ("already running", PveErrorKind.ALREADY_RUNNING, False),
+    ("not running", PveErrorKind.NOT_RUNNING, False),
+    ("no quorum", PveErrorKind.UNAVAILABLE, True),
+    ("container did not stop", PveErrorKind.SHUTDOWN_TIMEOUT, True),
 )
 
 
@@ -62,14 +80,14 @@ def classify_message(message: str, status: int | None = None) -> tuple[str, bool
         if needle in low:
             return kind, retryable
     if status in (401,):
-        return "auth", False
+        return PveErrorKind.AUTH, False
     if status in (403,):
-        return "forbidden", False
+        return PveErrorKind.FORBIDDEN, False
     if status == 400:
-        return "bad_request", False
+        return PveErrorKind.BAD_REQUEST, False
     if status is not None and status >= 500:
-        return "unavailable", True
-    return "error", False
+        return PveErrorKind.UNAVAILABLE, True
+    return PveErrorKind.ERROR, False
 
 
 def _error_from(exc: Exception, what: str) -> ProxmoxError:
@@ -81,12 +99,12 @@ def _error_from(exc: Exception, what: str) -> ProxmoxError:
         return ProxmoxError(f"{what}: {exc.status_code} {message}", kind=kind,
                             retryable=retryable)
     if isinstance(exc, requests.exceptions.Timeout):
-        return ProxmoxError(f"{what}: timed out ({exc.__class__.__name__})", kind="timeout",
-                            retryable=True)
+        return ProxmoxError(f"{what}: timed out ({exc.__class__.__name__})",
+                            kind=PveErrorKind.TIMEOUT, retryable=True)
     if isinstance(exc, requests.exceptions.RequestException):
-        return ProxmoxError(f"{what}: {exc.__class__.__name__}", kind="unavailable",
+        return ProxmoxError(f"{what}: {exc.__class__.__name__}", kind=PveErrorKind.UNAVAILABLE,
                             retryable=True)
-    return ProxmoxError(f"{what}: {exc!r}", kind="error", retryable=True)
+    return ProxmoxError(f"{what}: {exc!r}", kind=PveErrorKind.ERROR, retryable=True)
 
 
 def bool01(value: bool) -> int:
@@ -146,7 +164,7 @@ class ProxmoxClient:
             return self._call(f"read config of CT {vmid}",
                               lambda: self.api.nodes(node).lxc(vmid).config.get())
         except ProxmoxError as err:
-            if err.kind == "not_found":
+            if err.kind == PveErrorKind.NOT_FOUND:
                 return None
             raise
 
@@ -155,7 +173,7 @@ class ProxmoxClient:
             return self._call(f"read status of CT {vmid}",
                               lambda: self.api.nodes(node).lxc(vmid).status.current.get())
         except ProxmoxError as err:
-            if err.kind == "not_found":
+            if err.kind == PveErrorKind.NOT_FOUND:
                 return None
             raise
 
@@ -199,7 +217,7 @@ class ProxmoxClient:
                 status = self._call("read task status",
                                     lambda: self.api.nodes(node).tasks(upid).status.get())
             except ProxmoxError as err:
-                if err.kind != "bad_request" and not err.retryable:
+                if err.kind != PveErrorKind.BAD_REQUEST and not err.retryable:
                     raise
                 status = None
             if status and status.get("status") == TaskStatus.STOPPED:
@@ -208,7 +226,7 @@ class ProxmoxClient:
                 return TaskResult(upid=upid, ok=ok, exitstatus=exit_status)
             if time.monotonic() >= deadline:
                 raise ProxmoxError(f"task {upid} did not finish within {timeout:.0f}s",
-                                   kind="timeout", retryable=True)
+                                   kind=PveErrorKind.TIMEOUT, retryable=True)
             if on_tick is not None:
                 on_tick()
             time.sleep(delay)
@@ -217,7 +235,7 @@ class ProxmoxClient:
     def task_error(self, result: TaskResult, what: str) -> ProxmoxError:
         """A failed task as a classified error (its exitstatus is PVE's message)."""
         kind, retryable = classify_message(result.exitstatus)
-        if kind == "error":
-            kind, retryable = "task_failed", False
+        if kind == PveErrorKind.ERROR:
+            kind, retryable = PveErrorKind.TASK_FAILED, False
         return ProxmoxError(f"{what}: task ended with '{result.exitstatus}'", kind=kind,
                             retryable=retryable)

@@ -9,7 +9,13 @@ from django.conf import settings
 
 from notifications.services import notify_warning
 
-from ...clients.agent import AGENT_GAME_DOWN, AgentClient, AgentError, AgentState
+from ...clients.agent import (
+    AGENT_GAME_DOWN,
+    AgentClient,
+    AgentError,
+    AgentErrorKind,
+    AgentState,
+)
 from ...models import ContainerInstance
 from ..context import OperationContext
 from ..errors import StepError
@@ -48,7 +54,7 @@ def wait_agent(ctx: OperationContext, agent: AgentClient) -> dict[str, Any]:
         try:
             return agent.status()
         except AgentError as err:
-            if err.kind == "rejected":
+            if err.kind == AgentErrorKind.REJECTED:
                 raise StepError(f"agent refused us: {err.message}", kind="agent") from err
             return None
 
@@ -65,7 +71,7 @@ def wait_ready(ctx: OperationContext, agent: AgentClient) -> dict[str, Any]:
         try:
             status = agent.status()
         except AgentError as err:
-            if err.kind == "rejected":
+            if err.kind == AgentErrorKind.REJECTED:
                 raise StepError(f"agent refused us: {err.message}", kind="agent") from err
             return None
         if status.get("state") == AgentState.FAILED:

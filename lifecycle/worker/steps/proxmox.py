@@ -10,7 +10,14 @@ from django.conf import settings
 
 from core.ownership import container_tags, owners_from_tags
 
-from ...clients.proxmox import PowerState, ProxmoxClient, ProxmoxError, bool01, parse_tags
+from ...clients.proxmox import (
+    PowerState,
+    ProxmoxClient,
+    ProxmoxError,
+    PveErrorKind,
+    bool01,
+    parse_tags,
+)
 from ...models import ContainerInstance
 from ...services.allocations import allocation_replace_vmid
 from ..context import OperationContext
@@ -19,6 +26,8 @@ from . import Step
 from .agent import ask_game_to_stop
 
 MAX_VMID_ATTEMPTS = 3
+#: A stop or destroy whose goal already holds.
+_GONE_OR_STOPPED = (PveErrorKind.NOT_RUNNING, PveErrorKind.NOT_FOUND)
 
 
 def proxmox() -> ProxmoxClient:
@@ -75,7 +84,7 @@ def ensure_container(ctx: OperationContext, pve: ProxmoxClient) -> ContainerInst
             try:
                 upid = pve.ct_create(node, vmid, **container_params(inst))
             except ProxmoxError as err:
-                if err.kind != "already_exists":
+                if err.kind != PveErrorKind.ALREADY_EXISTS:
                     raise
                 # Re-read, never assume: ours from an earlier attempt, someone else's here,
                 # or a container on another node holding this VMID.
@@ -87,7 +96,7 @@ def ensure_container(ctx: OperationContext, pve: ProxmoxClient) -> ContainerInst
                                        on_tick=ctx.renew)
                 if not result.ok:
                     err = pve.task_error(result, f"create CT {vmid}")
-                    if err.kind != "already_exists":
+                    if err.kind != PveErrorKind.ALREADY_EXISTS:
                         raise err
                 # Re-read, never assume: a lost race leaves someone else's container here.
                 cfg = _settled_config(ctx, pve, node, vmid)
@@ -152,7 +161,7 @@ def container_start(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerIn
     if power == PowerState.RUNNING:
         return
     run_task(ctx, pve, lambda: pve.ct_start(inst.node.name, inst.vmid),
-             what=f"start CT {inst.vmid}", done=("already_running",))
+             what=f"start CT {inst.vmid}", done=(PveErrorKind.ALREADY_RUNNING,))
     ctx.note(f"CT {inst.vmid} started")
 
 
@@ -176,13 +185,13 @@ def container_stop(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerIns
             return
         ctx.note(f"clean shutdown did not finish ({result.exitstatus}); stopping hard")
     except ProxmoxError as err:
-        if err.kind in ("not_running", "not_found"):
+        if err.kind in _GONE_OR_STOPPED:
             return
         if not err.retryable:
             raise
         ctx.note(f"shutdown failed ({err.message}); stopping hard")
     if run_task(ctx, pve, lambda: pve.ct_stop(node, vmid), what=f"stop CT {vmid}",
-                done=("not_running", "not_found")):
+                done=_GONE_OR_STOPPED):
         ctx.note(f"CT {vmid} stopped hard")
 
 
@@ -199,8 +208,8 @@ def container_destroy(ctx: OperationContext, pve: ProxmoxClient, inst: Container
         return
     if container_power(pve, inst) == PowerState.RUNNING:
         run_task(ctx, pve, lambda: pve.ct_stop(node, vmid), what=f"stop CT {vmid}",
-                 done=("not_running", "not_found"))
+                 done=_GONE_OR_STOPPED)
     if not run_task(ctx, pve, lambda: pve.ct_destroy(node, vmid), what=f"destroy CT {vmid}",
-                    done=("not_found",)):
+                    done=(PveErrorKind.NOT_FOUND,)):
         return
     ctx.note(f"CT {vmid} destroyed")
