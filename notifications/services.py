@@ -21,6 +21,8 @@ from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from core.clock import db_after, db_now
+
 from . import discord
 from .choices import Channel, DeliveryState, Kind
 from .models import AlertState, ChannelState, Notification
@@ -147,12 +149,12 @@ def _claim(channel: str, owner: str) -> bool:
     ChannelState.objects.get_or_create(channel=channel)
     return bool(ChannelState.objects.filter(channel=channel).filter(
         Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=Now()) | Q(lease_owner=owner)
-    ).update(lease_owner=owner, lease_expires_at=timezone.now() + timedelta(seconds=LEASE_SECONDS)))
+    ).update(lease_owner=owner, lease_expires_at=db_after(LEASE_SECONDS)))
 
 
 def _renew(channel: str, owner: str) -> bool:
     return bool(ChannelState.objects.filter(channel=channel, lease_owner=owner).update(
-        lease_expires_at=timezone.now() + timedelta(seconds=LEASE_SECONDS)))
+        lease_expires_at=db_after(LEASE_SECONDS)))
 
 
 def _release(channel: str, owner: str) -> None:
@@ -172,8 +174,9 @@ def channel_send(channel: str) -> dict[str, Any]:
             state = ChannelState.objects.get(channel=channel)
             if state.disabled:
                 return {"channel": channel, "sent": sent, "stopped": "channel disabled"}
-            if state.next_attempt_at and state.next_attempt_at > timezone.now():
-                wait = (state.next_attempt_at - timezone.now()).total_seconds()
+            now = db_now() if state.next_attempt_at else None
+            if state.next_attempt_at and state.next_attempt_at > now:
+                wait = (state.next_attempt_at - now).total_seconds()
                 enqueue_send(channel, countdown=wait)
                 return {"channel": channel, "sent": sent, "waiting": wait}
             row = (Notification.objects.filter(channel=channel, state=DeliveryState.PENDING)
@@ -221,7 +224,7 @@ def _apply(channel: str, row: Notification, result: discord.SendResult, owner: s
         # woken after `retry_after` (a short countdown).
         logger.info("discord %s: rate limited for %.2fs", channel, result.retry_after)
         ChannelState.objects.filter(channel=channel).update(
-            next_attempt_at=now + timedelta(seconds=result.retry_after))
+            next_attempt_at=db_after(result.retry_after))
         enqueue_send(channel, countdown=result.retry_after)
         return False
     if result.outcome == "bad_message":
@@ -237,7 +240,7 @@ def _apply(channel: str, row: Notification, result: discord.SendResult, owner: s
     backoff = min(settings.NOTIFY_BACKOFF_MAX_SECONDS, 2 ** min(failures, 10))
     ChannelState.objects.filter(channel=channel).update(
         consecutive_failures=failures, last_error=detail,
-        next_attempt_at=now + timedelta(seconds=backoff))
+        next_attempt_at=db_after(backoff))
     logger.warning("discord %s unreachable (%s); retrying in %ss", channel, detail, backoff)
     enqueue_send(channel, countdown=backoff)
     return False

@@ -11,8 +11,8 @@ from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
-from django.utils import timezone
 
+from core.clock import db_now
 from core.health import Health
 from edge.errors import EdgeError
 from edge.services import BulkObservation, EdgeClients, observe_edge_bulk
@@ -72,7 +72,7 @@ class World:
 
 def observe(*, renew=lambda: None) -> World:
     """Take the snapshot; `renew` is called between sources (lease renewal)."""
-    now = timezone.now()
+    now = db_now()  # compared with leases and status times the database wrote
     instances = {
         str(row["id"]): row for row in ContainerInstance.objects.exclude(
             status=InstanceStatus.PURGED).values(*INSTANCE_FIELDS)

@@ -11,8 +11,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.utils import timezone
 
+from core.clock import db_now
 from core.errors import ExternalError
 from core.ownership import container_tag, owners_from_tags
 from edge.choices import DNS_PARTS, PARTS, Part, Source, Verdict
@@ -125,7 +125,7 @@ def clear_stale_operation_lock(event: RepairEvent, actor: Actor) -> Outcome:
     inst = _instance(event)
     op = _active_op(inst)
     window = timedelta(seconds=settings.RECONCILER_STALE_OPERATION_SECONDS)
-    stale = timezone.now() - window  # a running op whose lease expired before this
+    stale = db_now() - window  # a running op whose lease expired before this (DB clock)
     if op is None or not (op.state == OperationState.RUNNING and op.lease_expires_at
                           and op.lease_expires_at < stale):
         raise Skip("no stale operation any more")

@@ -17,6 +17,7 @@ from celery import current_app
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from core.clock import db_now
 from core.redaction import redact, redact_text
 from notifications.services import (
     alert_resolve,
@@ -84,7 +85,7 @@ def _retire_superseded_repairs(epoch: int) -> None:
     """Repairs queued by an older epoch would be fenced out anyway: free their slots now, so
     this cycle can queue them again (a lost message must not block a repair for ever)."""
     repairs_supersede(epoch=epoch)
-    cutoff = timezone.now() - timedelta(seconds=settings.RECONCILER_LEASE_SECONDS * 5)
+    cutoff = db_now() - timedelta(seconds=settings.RECONCILER_LEASE_SECONDS * 5)
     repairs_abandon(epoch=epoch, started_before=cutoff)
 
 

@@ -81,8 +81,11 @@ _db["OPTIONS"].update(
         "charset": "utf8mb4",
         "isolation_level": "read committed",
         # Short lock waits: a create that waits longer is retried as a whole (see lifecycle.db).
+        # The session time zone is pinned to UTC: `Now()` (the database clock every deadline
+        # is judged by, see core/clock.py) is then UTC like every datetime Django writes,
+        # whatever the server's global time zone (Debian's default: the host's).
         "init_command": (
-            "SET sql_mode='STRICT_TRANS_TABLES', "
+            "SET sql_mode='STRICT_TRANS_TABLES', time_zone='+00:00', "
             f"innodb_lock_wait_timeout={env.int('DB_LOCK_WAIT_TIMEOUT', default=20)}"
         ),
         "connect_timeout": 10,
@@ -293,7 +296,11 @@ NOTIFY_BACKOFF_MAX_SECONDS = env.int("NOTIFY_BACKOFF_MAX_SECONDS", default=300)
 # ---------------------------------------------------------------------------------------------
 # A worker holds an operation for this long unless it renews; then another may take it over.
 OPERATION_LEASE_SECONDS = env.float("OPERATION_LEASE_SECONDS", default=90.0)
-OPERATION_MAX_ATTEMPTS = env.int("OPERATION_MAX_ATTEMPTS", default=6)
+# Retryable failures are retried until the operation has been at it for the retry window (long
+# enough to outlive an ordinary Cloudflare or Proxmox outage) or has used its attempts, whichever
+# comes first; every attempt is in the operation's log. Then it fails, and the operator is told.
+OPERATION_MAX_ATTEMPTS = env.int("OPERATION_MAX_ATTEMPTS", default=40)
+OPERATION_RETRY_WINDOW_SECONDS = env.int("OPERATION_RETRY_WINDOW_SECONDS", default=1800)
 # Retry backoff for retryable errors: base * 2**attempt, capped (kept short: no long countdowns).
 OPERATION_RETRY_BASE_SECONDS = env.float("OPERATION_RETRY_BASE_SECONDS", default=2.0)
 OPERATION_RETRY_MAX_SECONDS = env.float("OPERATION_RETRY_MAX_SECONDS", default=60.0)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.utils import timezone
+
+from core.clock import db_now
 
 from ..choices import DELETED_STATUSES, LIVE_STATUSES, DesiredState, OperationKind
 from ..choices import InstanceStatus as S
@@ -36,7 +37,7 @@ def server_request(*, instance_id: Any, kind: str, actor: Actor,
         if inst.status not in spec.requestable_from:
             raise InvalidState(_refusal(kind, inst.status))
         if kind == OperationKind.RESTORE:
-            if inst.purge_after is not None and inst.purge_after <= timezone.now():
+            if inst.purge_after is not None and inst.purge_after <= db_now():
                 raise InvalidState("The restore window of this server has passed.")
             target = params.get("target", DesiredState.RUNNING)
             if target not in (DesiredState.RUNNING, DesiredState.STOPPED):

@@ -5,9 +5,12 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, Value, When
 from django.db.models.functions import Now
+
+from core.clock import db_after
 
 from ..choices import AllocationState, PoolKind
 from ..models import Allocation, AllocationPool
@@ -130,25 +133,16 @@ def allocation_replace_vmid(*, instance_id: Any, old_vmid: int, actor: Any, reas
 
 def allocation_release_to_quarantine(*, instance_id: Any) -> int:
     """Put every value the server holds into quarantine; call inside the purge transaction."""
-    from datetime import timedelta
-
-    from django.conf import settings
-    from django.utils import timezone
-
-    now = timezone.now()
     return Allocation.objects.filter(instance_id=instance_id,
                                      state=AllocationState.CLAIMED).update(
-        state=AllocationState.QUARANTINED, released_at=now, verified_absent_at=None,
-        quarantine_until=now + timedelta(seconds=settings.ZLH_QUARANTINE_SECONDS))
+        state=AllocationState.QUARANTINED, released_at=Now(), verified_absent_at=None,
+        quarantine_until=db_after(settings.ZLH_QUARANTINE_SECONDS))
 
 
 def allocation_release_quarantined(*, present_vmids: set[int] | None) -> dict[str, int]:
     """Free quarantined values whose quarantine is over. VMIDs need Proxmox's word too:
     `present_vmids` is what /cluster/resources lists (None = Proxmox unknown: keep VMIDs)."""
-    from django.utils import timezone
-
-    now = timezone.now()
-    due = Allocation.objects.filter(state=AllocationState.QUARANTINED, quarantine_until__lte=now)
+    due = Allocation.objects.filter(state=AllocationState.QUARANTINED, quarantine_until__lte=Now())
     freed = due.exclude(pool__kind=PoolKind.VMID).update(
         state=AllocationState.FREE, instance=None, role="", quarantine_until=None)
     vmids = 0
@@ -156,5 +150,5 @@ def allocation_release_quarantined(*, present_vmids: set[int] | None) -> dict[st
         vmid_rows = due.filter(pool__kind=PoolKind.VMID)
         vmids = vmid_rows.exclude(value__in=present_vmids).update(
             state=AllocationState.FREE, instance=None, role="", quarantine_until=None,
-            verified_absent_at=now)
+            verified_absent_at=Now())
     return {"freed": freed, "vmids_freed": vmids}

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import current_app
 from django.db import transaction
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from ..choices import OperationState
 from ..models import Operation
@@ -39,7 +39,7 @@ def operation_create(*, instance_id: Any, kind: str, requested_by: str,
         params=params or {},
         # Counts as sent: the message goes out right after commit; if it is lost, the
         # sweeper re-sends it once this is old enough.
-        enqueued_at=timezone.now(),
+        enqueued_at=Now(),
     )
     transaction.on_commit(lambda: operation_enqueue(operation_id=op.id))
     return op

@@ -12,6 +12,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.lookups import LessThanOrEqual
 
+from notifications.services import notify_warning
+
 from ..catalog import PLANS, PORT_ROLES
 from ..choices import DesiredState, InstanceStatus, OperationKind, PoolKind
 from ..db import retry_on_lock_conflict
@@ -130,10 +132,19 @@ def server_create(
             raise InvalidRequest(problems[0], fields={"Idempotency-Key": problems})
     actor = actor or Actor.for_user(owner)
     try:
-        return _server_create_tx(owner=owner, spec=spec, key=idempotency_key, actor=actor)
-    except _NoQuotaRow:
-        quota_ensure(user=owner)
-        return _server_create_tx(owner=owner, spec=spec, key=idempotency_key, actor=actor)
+        try:
+            return _server_create_tx(owner=owner, spec=spec, key=idempotency_key, actor=actor)
+        except _NoQuotaRow:
+            quota_ensure(user=owner)
+            return _server_create_tx(owner=owner, spec=spec, key=idempotency_key, actor=actor)
+    except CapacityExhausted as exc:
+        # The user is told "the operator has been told": make it true. Outside the create's
+        # transaction (rolled back); one alert per repeat interval, however many are refused.
+        notify_warning("Out of capacity: a create was refused",
+                       f"{exc.message}\n\nRefused: {spec.kind} {spec.plan} for "
+                       f"{owner.get_username()}. Add a node, free values, or widen a pool.",
+                       alert_key="capacity-exhausted")
+        raise
 
 
 @retry_on_lock_conflict

@@ -13,13 +13,13 @@ server's active slot in the same statement. Leases are judged with the database 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import DateTimeField, ExpressionWrapper, F, Q
+from django.db.models import ExpressionWrapper, F, Q
 from django.db.models.functions import Coalesce, Now
-from django.utils import timezone
+
+from core.clock import db_after
 
 from ..choices import TERMINAL_OPERATION_STATES
 from ..choices import OperationState as O
@@ -75,10 +75,7 @@ def operation_transition(
 # --- the named transitions -----------------------------------------------------------------
 def lease_expiry() -> ExpressionWrapper:
     """Now + the lease, computed by the database (the clock every lease is judged by)."""
-    return ExpressionWrapper(
-        Now() + timedelta(seconds=settings.OPERATION_LEASE_SECONDS),
-        output_field=DateTimeField(),
-    )
+    return db_after(settings.OPERATION_LEASE_SECONDS)
 
 
 def claimable() -> Q:
@@ -108,10 +105,8 @@ def operation_retry_later(*, operation_id: Any, worker: str, error: dict[str, An
     operation_transition(
         operation_id=operation_id, expected=O.RUNNING, to=O.QUEUED, condition=held_by(worker),
         fields={"error": error, "log": log, "worker": "", "lease_expires_at": None,
-                "next_attempt_at": ExpressionWrapper(
-                    Now() + timedelta(seconds=delay_seconds), output_field=DateTimeField()),
-                # Compared with a Python-computed cutoff by the sweeper: written with the same.
-                "enqueued_at": timezone.now()},
+                "next_attempt_at": db_after(delay_seconds),
+                "enqueued_at": Now()},
     )
 
 

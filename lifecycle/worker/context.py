@@ -41,6 +41,8 @@ class OperationContext:
     params: dict[str, Any]
     log: list[dict[str, Any]] = field(default_factory=list)
     step: str = ""
+    #: The operation has been retried for longer than OPERATION_RETRY_WINDOW_SECONDS.
+    retry_window_over: bool = False
     _renewed_at: float = field(default_factory=time.monotonic)
 
     @property

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from core.clock import db_before
 from core.errors import ExternalError
 from core.redaction import redact
 
@@ -43,6 +44,7 @@ from ..statemachines.operation import (
     operation_retry_later,
 )
 from .context import OperationContext
+from .steps.status import announce_failure
 from .errors import LeaseLost, StepError
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,9 @@ def claim(*, operation_id: Any, worker: str | None = None) -> OperationContext |
     ctx = OperationContext(operation_id=op.id, instance_id=op.instance_id, kind=op.kind,
                            worker=worker, attempt=op.attempt, params=op.params or {},
                            log=list(op.log or []), step=op.step)
+    # Judged by the database clock: the operation started longer ago than the retry window.
+    ctx.retry_window_over = Operation.objects.filter(
+        pk=op.id, started_at__lt=db_before(settings.OPERATION_RETRY_WINDOW_SECONDS)).exists()
     ctx.note(f"claimed by {worker} (attempt {op.attempt}"
              f"{', after step ' + op.step if op.step else ''})")
     return ctx
@@ -114,6 +119,7 @@ def _end(ctx: OperationContext, err: BaseException, transition: Callable[..., No
             return
         if on_failure is not None:
             on_failure(ctx, error)
+        announce_failure(ctx, error, errored=transition is operation_errored)
 
 
 def operation_run(*, operation_id: Any) -> str:
@@ -123,7 +129,7 @@ def operation_run(*, operation_id: Any) -> str:
         logger.info("operation %s not claimable (done, owned or not due); exiting", operation_id)
         return Outcome.NOT_CLAIMED
     flow = spec_for(ctx.kind).load_flow()
-    last_try = ctx.attempt >= settings.OPERATION_MAX_ATTEMPTS
+    last_try = ctx.attempt >= settings.OPERATION_MAX_ATTEMPTS or ctx.retry_window_over
     try:
         if ctx.attempt > settings.OPERATION_MAX_ATTEMPTS:
             raise StepError(f"gave up after {ctx.attempt - 1} attempts", kind="attempts_exhausted")

@@ -4,13 +4,13 @@ free quarantined values. Each runs from the beat schedule; each pass is bounded.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Now
-from django.utils import timezone
+
+from core.clock import db_before
 
 from ..choices import InstanceStatus, OperationKind
 from ..choices import OperationState as O
@@ -30,7 +30,7 @@ def operation_sweep() -> dict[str, int]:
     """Re-enqueue queued operations that are due and whose last message is old (lost with a
     wiped Redis, or never sent), and running ones whose lease expired (dead worker). A message
     too many is harmless: the claim lets only one run."""
-    stale_send = timezone.now() - timedelta(seconds=settings.OPERATION_REENQUEUE_AFTER_SECONDS)
+    stale_send = db_before(settings.OPERATION_REENQUEUE_AFTER_SECONDS)
     due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now())
     lost = list(
         Operation.objects.filter(due, state=O.QUEUED)
@@ -43,7 +43,7 @@ def operation_sweep() -> dict[str, int]:
     )
     ids = lost + expired
     if ids:
-        Operation.objects.filter(pk__in=ids).update(enqueued_at=timezone.now())
+        Operation.objects.filter(pk__in=ids).update(enqueued_at=Now())
     sent = sum(operation_enqueue(operation_id=op_id) for op_id in ids)
     if ids:
         logger.info("sweep: re-sent %d queued and %d expired operations (%d sent)",
@@ -52,11 +52,15 @@ def operation_sweep() -> dict[str, int]:
 
 
 def server_purge_due(*, limit: int = 100) -> int:
-    """Request a purge for every soft-deleted server whose window is over."""
+    """Request a purge for every soft-deleted server whose window is over, and again for every
+    purge that failed halfway (`purging` with no operation at work): a purge is never left
+    hanging; each failure has reached the operator."""
     actor = Actor.system("purge schedule")
+    idle = ~Exists(Operation.objects.filter(active_slot=OuterRef("pk")))
     due = list(
-        ContainerInstance.objects.filter(status=InstanceStatus.DELETED, purge_after__lte=Now(),
-                                         maintenance_lock=False)
+        ContainerInstance.objects.filter(
+            Q(status=InstanceStatus.DELETED, purge_after__lte=Now())
+            | Q(status=InstanceStatus.PURGING), idle, maintenance_lock=False)
         .order_by("purge_after").values_list("id", flat=True)[:limit]
     )
     requested = 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import ExternalError
+
 from ...choices import InstanceStatus as S
 from ...clients.proxmox import PowerState
 from ..context import OperationContext
@@ -10,7 +12,7 @@ from ..steps import RESTART_STOP_DONE, Step
 from ..steps.agent import agent_for, wait_agent, wait_ready
 from ..steps.edge import publish_step, velocity_unregister_step
 from ..steps.proxmox import container_power, container_start, container_stop, proxmox
-from ..steps.status import begin, finish, settle_on_failure
+from ..steps.status import begin, finish, record_failure, settle_on_failure
 from . import Flow
 
 
@@ -59,11 +61,14 @@ def _run_restart(ctx: OperationContext) -> None:
 
 
 def _settle_by_power(ctx: OperationContext, error: dict[str, Any]) -> None:
-    """After a failed power operation, show what the container really does."""
+    """After a failed power operation, show what the container really does. If Proxmox cannot
+    say either, claim nothing: the server keeps its working status (with the error), and the
+    reconciler settles it from what it observes once Proxmox answers (unknown is not stopped)."""
     try:
         power = container_power(proxmox(), ctx.instance())
-    except Exception:  # Proxmox unreachable too: leave the status to the reconciler
-        power = None
+    except ExternalError:
+        record_failure(ctx, error)
+        return
     to = S.RUNNING if power == PowerState.RUNNING else S.STOPPED
     settle_on_failure(ctx, expected=(ctx.spec.working,), to=to, error=error)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifications.services import alert_resolve, notify_lifecycle, notify_warning
+from notifications.services import notify_lifecycle
 
 from ...choices import InstanceStatus as S
 from ...clients.agent import AgentState
@@ -48,17 +48,14 @@ def run(ctx: OperationContext) -> None:
 def _announce_running(inst: ContainerInstance) -> None:
     notify_lifecycle(f"{inst.slug} is running", "Provisioning succeeded.",
                      fields=server_facts(inst), subject=str(inst.id))
-    alert_resolve(f"provision-failed:{inst.id}", body=f"{inst.slug} is running now.")
 
 
 def on_failure(ctx: OperationContext, error: dict[str, Any]) -> None:
     settle_on_failure(ctx, expected=(S.PENDING, S.PROVISIONING), to=S.FAILED, error=error)
     inst = ctx.instance()
+    # The operator's warning is the runner's (announce_failure), like every failed operation.
     notify_lifecycle(f"Provisioning {inst.slug} failed", error["message"],
                      fields=server_facts(inst), subject=str(inst.id))
-    notify_warning(f"Provisioning {inst.slug} failed", error["message"],
-                   fields=server_facts(inst), alert_key=f"provision-failed:{inst.id}",
-                   subject=str(inst.id))
 
 
 PROVISION = Flow(run=run, on_failure=on_failure)

@@ -1,12 +1,13 @@
 """Soft delete (stop, unpublish, `deleted`, window), restore, and purge (destroy, quarantine)."""
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
+from django.db.models.functions import Now
+
+from core.clock import db_after, db_now
 
 from notifications.services import notify_lifecycle
 
@@ -28,19 +29,19 @@ def _run_delete(ctx: OperationContext) -> None:
     begin(ctx)
     unpublish_step(ctx, ctx.instance())
     stop_steps(ctx)
-    now = timezone.now()
-    purge_after = now + timedelta(seconds=settings.ZLH_SOFT_DELETE_WINDOW_SECONDS)
+    # The window is judged in SQL (purge_due): written with the database clock.
     finish(ctx, expected=ctx.spec.working, to=ctx.spec.ends_in,
-           fields={"deleted_at": now, "purge_after": purge_after},
+           fields={"deleted_at": Now(),
+                   "purge_after": db_after(settings.ZLH_SOFT_DELETE_WINDOW_SECONDS)},
            announce=lambda inst: notify_lifecycle(
                f"{inst.slug} deleted",
-               f"Restorable until {purge_after:%Y-%m-%d %H:%M} UTC, purged after that.",
+               f"Restorable until {inst.purge_after:%Y-%m-%d %H:%M} UTC, purged after that.",
                fields=server_facts(inst), subject=str(inst.id)))
 
 
 def _run_restore(ctx: OperationContext) -> None:
     inst = ctx.instance()
-    if inst.status == S.DELETED and inst.purge_after and inst.purge_after <= timezone.now():
+    if inst.status == S.DELETED and inst.purge_after and inst.purge_after <= db_now():
         raise StepError("the restore window has passed", kind="window_passed")
     begin(ctx)
     target = ctx.params.get("target", DesiredState.RUNNING)
@@ -70,7 +71,10 @@ def _run_purge(ctx: OperationContext) -> None:
 
 
 def _restore_failed(ctx: OperationContext, error: dict[str, Any]) -> None:
-    settle_on_failure(ctx, expected=(S.RESTORING,), to=S.DELETED, error=error)
+    """Back to `deleted`, with a whole new window: a user's explicit restore that failed must
+    never end in the purge of their server on the old schedule."""
+    settle_on_failure(ctx, expected=(S.RESTORING,), to=S.DELETED, error=error,
+                      fields={"purge_after": db_after(settings.ZLH_SOFT_DELETE_WINDOW_SECONDS)})
 
 
 DELETE = Flow(run=_run_delete, on_failure=record_failure)

@@ -8,6 +8,8 @@ from typing import Any
 
 from django.db import transaction
 
+from notifications.services import alert_resolve, notify_warning
+
 from ...choices import Kind
 from ...errors import TransitionConflict
 from ...models import ContainerInstance
@@ -41,7 +43,26 @@ def finish(ctx: OperationContext, *, expected: str | Iterable[str], to: str,
         move(ctx, expected=expected, to=to, fields={"last_error": None, **(fields or {})})
         if announce is not None:
             announce(ctx.instance())
+        # A failure of this kind reported earlier is over now.
+        alert_resolve(failure_alert_key(ctx.instance_id, ctx.kind),
+                      body=f"The {ctx.kind} succeeded.")
         ctx.succeed()
+
+
+def failure_alert_key(instance_id: Any, kind: str) -> str:
+    return f"operation-failed:{instance_id}:{kind}"
+
+
+def announce_failure(ctx: OperationContext, error: dict[str, Any], *, errored: bool) -> None:
+    """Every operation that ends in failure reaches the operator once (deduplicated per server
+    and kind, resolved when the same kind later succeeds), in the transaction that ends it."""
+    inst = ctx.instance()
+    what = "Provisioning" if ctx.kind == "provision" else ctx.kind.capitalize()
+    title = f"{what} {inst.slug} failed" + (" (platform error)" if errored else "")
+    retry = ("retry it" if ctx.kind == "provision" else f"request the {ctx.kind} again")
+    notify_warning(title, f"{error['message']}\n\nThe server is {inst.status}; {retry} once "
+                   "the cause is fixed.", fields=server_facts(inst),
+                   alert_key=failure_alert_key(inst.id, ctx.kind), subject=str(inst.id))
 
 
 def server_facts(inst: ContainerInstance) -> list[dict[str, Any]]:
@@ -63,12 +84,12 @@ def record_failure(ctx: OperationContext, error: dict[str, Any]) -> None:
 
 
 def settle_on_failure(ctx: OperationContext, *, expected: Iterable[str], to: str,
-                      error: dict[str, Any]) -> None:
+                      error: dict[str, Any], fields: dict[str, Any] | None = None) -> None:
     """Put the server in a readable state after a failed operation (best effort)."""
     try:
         instance_transition(instance_id=ctx.instance_id, expected=expected, to=to,
                             actor=ctx.actor, action=f"{ctx.kind}:failed",
-                            fields={"last_error": error},
+                            fields={"last_error": error, **(fields or {})},
                             audit_data={"operation": str(ctx.operation_id), "error": error})
     except TransitionConflict:
         ContainerInstance.objects.filter(pk=ctx.instance_id).update(last_error=error)
