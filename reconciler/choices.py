@@ -29,6 +29,7 @@ class Action(models.TextChoices):
     DNS_REPUBLISH = "dns_republish", "Republish DNS"
     VELOCITY_REGISTER = "velocity_register", "Register with Velocity"
     START_CONTAINER = "start_container", "Start container"
+    STOP_CONTAINER = "stop_container", "Stop container"
     RECREATE_CONTAINER = "recreate_container", "Recreate container"
     DESTROY_ORPHAN = "destroy_orphan", "Destroy orphan container"
     DELETE_EDGE_ORPHAN = "delete_edge_orphan", "Delete orphan edge records"
@@ -44,6 +45,7 @@ ACTION_LEVEL = {
     Action.DNS_REPUBLISH: 1,
     Action.VELOCITY_REGISTER: 1,
     Action.START_CONTAINER: 1,
+    Action.STOP_CONTAINER: 1,
     Action.RECREATE_CONTAINER: 2,
     Action.DESTROY_ORPHAN: 2,
     Action.DELETE_EDGE_ORPHAN: 2,

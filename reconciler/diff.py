@@ -52,8 +52,11 @@ def diff(world: World) -> list[FindingSpec]:
     out: list[FindingSpec] = []
     _stale_operations(world, out)
     for iid, inst in world.instances.items():
-        if inst["maintenance_lock"] or inst["status"] == S.DELETING:
-            continue  # an operator or a delete is at work: hands off
+        if inst["maintenance_lock"]:
+            continue  # an operator is at work: hands off
+        if inst["status"] == S.DELETING:
+            _stuck_delete(world, iid, inst, out)  # a delete is at work: only report it stuck
+            continue
         _server_findings(world, iid, inst, out)
     if _proxmox_ok(world):
         _orphan_containers(world, out)
@@ -105,6 +108,16 @@ def _timing(world: World, iid: str, inst: dict[str, Any], facts: dict[str, Any],
         out.append(FindingSpec(FindingType.PURGE_DUE, Action.PURGE, iid, iid, facts))
 
 
+def _stuck_delete(world: World, iid: str, inst: dict[str, Any], out: list[FindingSpec]) -> None:
+    """A delete that nobody carries on (it failed, or its worker vanished): the operator is
+    told; asking for the delete again carries on from where it stopped."""
+    stuck = timedelta(seconds=settings.RECONCILER_STUCK_TRANSITION_SECONDS)
+    if iid not in world.active_ops and world.now - inst["status_changed_at"] > stuck:
+        out.append(FindingSpec(FindingType.STUCK_TRANSITION, Action.NOTIFY, iid, iid,
+                               {"status": inst["status"], "slug": inst["slug"],
+                                "vmid": inst["vmid"], "since": inst["status_changed_at"]}))
+
+
 def _container(iid: str, inst: dict[str, Any], ct: dict[str, Any] | None,
                facts: dict[str, Any], out: list[FindingSpec]) -> bool:
     """The container against the status; True when it exists, is ours, and the agent check
@@ -125,6 +138,13 @@ def _container(iid: str, inst: dict[str, Any], ct: dict[str, Any] | None,
     power = ct.get("status")
     observed = {**facts, "observed": power}
     wants_running = inst["desired_state"] == DesiredState.RUNNING
+    wants_stopped = inst["desired_state"] == DesiredState.STOPPED
+    if status in (S.RUNNING, S.STOPPED) and power == PowerState.RUNNING and wants_stopped:
+        # The user stopped it and it came back up (someone started it behind our back, or a
+        # stop failed): stopped again, like a server that should run is started again.
+        out.append(FindingSpec(FindingType.POWER_DRIFT, Action.STOP_CONTAINER, iid, iid,
+                               observed))
+        return True
     if status == S.MISSING:
         out.append(FindingSpec(FindingType.STATUS_DRIFT, Action.SYNC_STATUS, iid, iid, observed))
     elif status == S.RUNNING and power == PowerState.STOPPED:

@@ -205,6 +205,29 @@ def start_container(event: RepairEvent, actor: Actor) -> Outcome:
                    after={"power": power, "status": inst.status, "operation": op.state})
 
 
+def stop_container(event: RepairEvent, actor: Actor) -> Outcome:
+    """The user wants it stopped and it runs: a normal (graceful) stop operation."""
+    inst = _instance(event)
+    power, ours = _power(inst)
+    if not (inst.status in (S.RUNNING, S.STOPPED) and inst.desired_state == DesiredState.STOPPED
+            and power == PowerState.RUNNING and ours and _active_op(inst) is None):
+        raise Skip("the container no longer needs stopping")
+    with fenced(event.epoch):
+        if inst.status == S.STOPPED:  # the database believed it stopped: say what is true first
+            instance_transition(instance_id=inst.id, expected=S.STOPPED, to=S.RUNNING,
+                                actor=actor, action="reconciler:sync_status")
+        op = server_request(instance_id=inst.id, kind=OperationKind.STOP, actor=actor)
+    op = _wait_operation(op)
+    power, _ = _power(inst)
+    inst.refresh_from_db()
+    ok = (op.state == OperationState.SUCCEEDED and power == PowerState.STOPPED
+          and inst.status == S.STOPPED)
+    return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
+                   reason="" if ok else f"stop operation {op.state}",
+                   before={"power": PowerState.RUNNING, "operation": str(op.id)},
+                   after={"power": power, "status": inst.status, "operation": op.state})
+
+
 def recreate_container(event: RepairEvent, actor: Actor) -> Outcome:
     inst = _instance(event)
     power, _ = _power(inst)
@@ -284,6 +307,7 @@ REPAIRS: dict[str, Callable[[RepairEvent, Actor], Outcome]] = {
     Action.DNS_REPUBLISH: _edge_repair(DNS_PARTS),
     Action.VELOCITY_REGISTER: _edge_repair((Part.VELOCITY,)),
     Action.START_CONTAINER: start_container,
+    Action.STOP_CONTAINER: stop_container,
     Action.RECREATE_CONTAINER: recreate_container,
     Action.DESTROY_ORPHAN: destroy_orphan,
     Action.DELETE_EDGE_ORPHAN: delete_edge_orphan,

@@ -72,7 +72,8 @@ def test_container_deleted_behind_our_back_alerts_critically_and_is_not_recreate
         pk=Operation.objects.filter(instance=inst).order_by("created_at").first().pk).exists()
 
 
-def test_status_drift_stopped_server_found_running_is_synced(stack, worker, owner):
+def test_a_server_the_user_stopped_that_comes_back_up_is_stopped_again(stack, worker, owner):
+    """Desired `stopped` is enforced like `running` is: a graceful stop operation."""
     from rest_framework.test import APIClient
 
     from tests.support.stack import wait_status
@@ -83,7 +84,24 @@ def test_status_drift_stopped_server_found_running_is_synced(stack, worker, owne
     stack.pve_api("POST", f"/nodes/{inst.node.name}/lxc/{inst.vmid}/status/start")
     wait_until(lambda: stack.agent(inst.vmid)["state"] == "running", timeout=30)
     cycles(2)
-    assert ContainerInstance.objects.get(pk=inst.id).status == "running"
+    repair = RepairEvent.objects.get(action="stop_container")
+    assert repair.state == "succeeded" and repair.after["power"] == "stopped"
+    inst = ContainerInstance.objects.get(pk=inst.id)
+    assert inst.status == "stopped" and inst.desired_state == "stopped"
+    assert stack.containers()[0]["status"] == "stopped"
+    assert Operation.objects.filter(instance=inst, kind="stop", state="succeeded").count() == 2
+
+
+def test_status_drift_a_server_wanted_running_found_running_is_synced(stack, worker, owner):
+    from tests.support.stack import wait_status
+
+    inst = running(owner, "drifty2")
+    stack.pve_api("POST", f"/nodes/{inst.node.name}/lxc/{inst.vmid}/status/stop")
+    ContainerInstance.objects.filter(pk=inst.id).update(status="stopped")  # a stale belief
+    stack.pve_api("POST", f"/nodes/{inst.node.name}/lxc/{inst.vmid}/status/start")
+    wait_until(lambda: stack.agent(inst.vmid)["state"] == "running", timeout=30)
+    cycles(2)
+    assert wait_status(inst.id, "running")
     assert RepairEvent.objects.get(action="sync_status").state == "succeeded"
 
 

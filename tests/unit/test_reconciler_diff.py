@@ -215,7 +215,9 @@ def test_no_container_is_expected_in_these_statuses(status):
     ("missing", "running", "running", (FindingType.STATUS_DRIFT, Action.SYNC_STATUS)),
     ("missing", "stopped", "running", (FindingType.STATUS_DRIFT, Action.SYNC_STATUS)),
     ("running", "stopped", "stopped", (FindingType.STATUS_DRIFT, Action.SYNC_STATUS)),
-    ("stopped", "running", "stopped", (FindingType.STATUS_DRIFT, Action.SYNC_STATUS)),
+    # the user stopped it and it came back up: stopped again (issue 13)
+    ("stopped", "running", "stopped", (FindingType.POWER_DRIFT, Action.STOP_CONTAINER)),
+    ("running", "running", "stopped", (FindingType.POWER_DRIFT, Action.STOP_CONTAINER)),
     ("stopped", "running", "running", (FindingType.STATUS_DRIFT, Action.SYNC_STATUS)),
     ("running", "stopped", "running", (FindingType.POWER_DRIFT, Action.START_CONTAINER)),
     ("stopped", "stopped", "running", (FindingType.POWER_DRIFT, Action.START_CONTAINER)),
@@ -426,10 +428,17 @@ def test_a_server_under_maintenance_lock_is_skipped_entirely():
     assert diff(w) == []
 
 
-def test_a_deleting_server_is_skipped():
+def test_a_deleting_server_is_left_alone_unless_stuck():
+    """A delete at work is hands off; one nobody carries on is reported (never repaired)."""
     stuck = settings.RECONCILER_STUCK_TRANSITION_SECONDS
-    a = inst(status="deleting", status_changed_at=NOW - timedelta(seconds=stuck + 1))
+    a = inst(status="deleting", status_changed_at=NOW - timedelta(seconds=stuck - 5))
     assert diff(world([a], containers=[ct(5000, a["id"], status="stopped")])) == []
+    b = inst(status="deleting", status_changed_at=NOW - timedelta(seconds=stuck + 1))
+    [finding] = diff(world([b], containers=[ct(5000, b["id"], status="running")]))
+    assert (finding.finding_type, finding.action) == (FindingType.STUCK_TRANSITION,
+                                                      Action.NOTIFY)
+    ops = {b["id"]: op(b["id"], state="queued", lease_age=None)}
+    assert diff(world([b], active_ops=ops, containers=[ct(5000, b["id"])])) == []
 
 
 def test_a_busy_server_gets_no_power_status_agent_or_edge_findings():
