@@ -304,6 +304,9 @@ OPERATION_RETRY_WINDOW_SECONDS = env.int("OPERATION_RETRY_WINDOW_SECONDS", defau
 # Retry backoff for retryable errors: base * 2**attempt, capped (kept short: no long countdowns).
 OPERATION_RETRY_BASE_SECONDS = env.float("OPERATION_RETRY_BASE_SECONDS", default=2.0)
 OPERATION_RETRY_MAX_SECONDS = env.float("OPERATION_RETRY_MAX_SECONDS", default=60.0)
+# A request that never started within this is expired (cancelled, with a readable reason)
+# rather than run late: after a host move replays old jobs, a week-old "stop" must not run.
+OPERATION_MAX_QUEUED_AGE_SECONDS = env.int("OPERATION_MAX_QUEUED_AGE_SECONDS", default=3600)
 # A queued operation whose message was sent longer ago than this is sent again by the sweeper.
 OPERATION_REENQUEUE_AFTER_SECONDS = env.float("OPERATION_REENQUEUE_AFTER_SECONDS", default=60.0)
 

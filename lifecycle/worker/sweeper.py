@@ -6,20 +6,28 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from datetime import timedelta
+
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Now
+from django.utils import timezone
+
+from notifications.services import notify_warning
 
 from core.clock import db_before
 
-from ..choices import InstanceStatus, OperationKind
+from ..choices import DesiredState, InstanceStatus, OperationKind
 from ..choices import OperationState as O
-from ..errors import LifecycleError
+from ..errors import LifecycleError, TransitionConflict
 from ..clients.proxmox import ProxmoxClient, ProxmoxError
 from ..models import ContainerInstance, Operation
 from ..services.actions import server_request
 from ..services.allocations import allocation_release_quarantined
-from ..services.audit import Actor
+from ..services.audit import Actor, audit_record
+from ..statemachines.instance import instance_transition
+from ..statemachines.operation import operation_transition
 from ..services.operations import operation_enqueue
 
 logger = logging.getLogger(__name__)
@@ -29,7 +37,9 @@ BATCH = 500
 def operation_sweep() -> dict[str, int]:
     """Re-enqueue queued operations that are due and whose last message is old (lost with a
     wiped Redis, or never sent), and running ones whose lease expired (dead worker). A message
-    too many is harmless: the claim lets only one run."""
+    too many is harmless: the claim lets only one run. Requests that never started and are
+    older than OPERATION_MAX_QUEUED_AGE_SECONDS are expired instead (see operation_expire)."""
+    expired_requests = operation_expire()
     stale_send = db_before(settings.OPERATION_REENQUEUE_AFTER_SECONDS)
     due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now())
     lost = list(
@@ -48,7 +58,55 @@ def operation_sweep() -> dict[str, int]:
     if ids:
         logger.info("sweep: re-sent %d queued and %d expired operations (%d sent)",
                     len(lost), len(expired), sent)
-    return {"lost": len(lost), "expired": len(expired), "sent": sent}
+    return {"lost": len(lost), "expired": len(expired), "sent": sent,
+            "expired_requests": expired_requests}
+
+
+def operation_expire(*, limit: int = BATCH) -> int:
+    """Expire requests that were never started and are older than the allowed age (after a
+    host move replayed old jobs, or a long outage of the workers): a user's week-old "stop" must
+    not run today. The operation is cancelled with a readable reason, the server is left where
+    the user can act (a provision that never began -> `failed`, retryable; otherwise its status
+    is unchanged and its desired state follows it), and the operator is told once."""
+    # created_at is written by the API host's clock; compared with this host's (both app
+    # clocks, and the age is hours, far above any skew).
+    cutoff = timezone.now() - timedelta(seconds=settings.OPERATION_MAX_QUEUED_AGE_SECONDS)
+    rows = list(Operation.objects.filter(state=O.QUEUED, started_at__isnull=True,
+                                         created_at__lt=cutoff)
+                .select_related("instance").order_by("created_at")[:limit])
+    actor = Actor.system("sweeper")
+    done = []
+    for op in rows:
+        error = {"kind": "expired", "retryable": True,
+                 "message": (f"requested at {op.created_at:%Y-%m-%d %H:%M} UTC and never "
+                             f"started within {settings.OPERATION_MAX_QUEUED_AGE_SECONDS} s; "
+                             "request it again if it is still wanted")}
+        with transaction.atomic():
+            try:
+                operation_transition(operation_id=op.id, expected=O.QUEUED, to=O.CANCELLED,
+                                     condition=Q(started_at__isnull=True),
+                                     fields={"error": error})
+            except TransitionConflict:
+                continue  # a worker claimed it meanwhile: it runs after all
+            inst = op.instance
+            if op.kind == OperationKind.PROVISION and inst.status == InstanceStatus.PENDING:
+                instance_transition(instance_id=inst.id, expected=InstanceStatus.PENDING,
+                                    to=InstanceStatus.FAILED, actor=actor,
+                                    action="provision:expired", fields={"last_error": error})
+            else:
+                desired = {InstanceStatus.RUNNING: DesiredState.RUNNING,
+                           InstanceStatus.STOPPED: DesiredState.STOPPED,
+                           InstanceStatus.DELETED: DesiredState.DELETED}.get(inst.status)
+                ContainerInstance.objects.filter(pk=inst.id).update(
+                    last_error=error, **({"desired_state": desired} if desired else {}))
+                audit_record(actor=actor, instance_id=inst.id, action=f"{op.kind}:expired",
+                             data={"operation": str(op.id)})
+        done.append(f"{op.kind} of {inst.slug} (requested {op.created_at:%Y-%m-%d %H:%M})")
+    if done:
+        notify_warning(f"{len(done)} stale requests expired",
+                       "Never started and too old to run now: " + "; ".join(done[:20]),
+                       alert_key="requests-expired")
+    return len(done)
 
 
 def server_purge_due(*, limit: int = 100) -> int:

@@ -147,3 +147,38 @@ def test_a_refusal_for_capacity_reaches_the_operator(platform, alice):
     assert "No node has room" in alert.body and alert.channel == "warning"
     assert not ContainerInstance.objects.exists()
     assert not Operation.objects.exists()
+
+
+def test_a_request_too_old_to_run_is_expired_readably(platform, alice, settings):
+    """A replayed week-old request must not run today, nor leave its server stuck."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from lifecycle.worker.sweeper import operation_sweep
+
+    settings.OPERATION_MAX_QUEUED_AGE_SECONDS = 600
+    old = timezone.now() - timedelta(seconds=700)
+    created = server_create(owner=alice.user, data=game_body("forgotten"))
+    # A second server that runs, whose user asked for a stop long ago.
+    other = server_create(owner=alice.user, data=game_body("sleepy"))
+    Operation.objects.filter(pk=other.operation.id).update(state="succeeded", active_slot=None)
+    ContainerInstance.objects.filter(pk=other.instance.id).update(status="running")
+    stop = _request(other.instance, OperationKind.STOP)
+    fresh = server_create(owner=alice.user, data=game_body("fresh"))
+    Operation.objects.filter(pk__in=[created.operation.id, stop.id]).update(created_at=old)
+
+    result = operation_sweep()
+
+    assert result["expired_requests"] == 2
+    op = Operation.objects.get(pk=created.operation.id)
+    assert op.state == "cancelled" and op.error["kind"] == "expired" and op.active_slot is None
+    inst = ContainerInstance.objects.get(pk=created.instance.id)
+    assert inst.status == "failed" and "never started" in inst.last_error["message"]
+    assert _request(inst, OperationKind.PROVISION).kind == "provision"  # a retry is accepted
+    assert Operation.objects.get(pk=stop.id).state == "cancelled"
+    sleepy = ContainerInstance.objects.get(pk=other.instance.id)
+    assert sleepy.status == "running" and sleepy.desired_state == "running"  # not stopped later
+    assert Operation.objects.get(pk=fresh.operation.id).state == "queued"  # young: untouched
+    [alert] = Notification.objects.filter(alert_key="requests-expired")
+    assert "forgotten" in alert.body and "sleepy" in alert.body
