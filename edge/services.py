@@ -200,6 +200,12 @@ def _index_tech(records: Iterable[dict[str, Any]]) -> dict[str, list[dict]]:
     return out
 
 
+def velocity_registration_is_ours(name: str, registration: dict[str, Any]) -> bool:
+    hosts = registration.get("hosts")
+    ours = f"{name}.{settings.EDGE_ZONE}".lower()
+    return isinstance(hosts, list) and any(str(h).lower() == ours for h in hosts)
+
+
 def _index_velocity(servers: Iterable[dict[str, Any]]) -> dict[str, dict]:
     return {s["name"].lower(): s for s in servers}
 
@@ -258,7 +264,10 @@ def observe_edge_bulk(targets: Iterable[EdgeTarget], *,
                                 "owner": owner,
                                 "ip": (r.get("rData") or {}).get("ipAddress")})
     for name, reg in (vel or {}).items():
-        if name not in known_slugs:
+        # Velocity registrations carry no comment: ours are the ones with our forced host
+        # `<name>.<zone>`. Anything else (the operator's lobby, a hand-made entry) is not ours,
+        # never an orphan, never deleted.
+        if name not in known_slugs and velocity_registration_is_ours(name, reg):
             orphans.append({"source": Source.VELOCITY, "name": name,
                             "address": reg.get("address")})
     return BulkObservation(by_server=by_server, orphans=orphans, sources=sources,

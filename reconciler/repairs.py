@@ -16,7 +16,12 @@ from core.clock import db_now
 from core.errors import ExternalError
 from core.ownership import container_tag, owners_from_tags
 from edge.choices import DNS_PARTS, PARTS, Part, Source, Verdict
-from edge.services import EdgeClients, edge_republish, observe_edge_state
+from edge.services import (
+    EdgeClients,
+    edge_republish,
+    observe_edge_state,
+    velocity_registration_is_ours,
+)
 from lifecycle.choices import (
     ACTIVE_OPERATION_STATES,
     TERMINAL_OPERATION_STATES,
@@ -279,6 +284,10 @@ def delete_edge_orphan(event: RepairEvent, actor: Actor) -> Outcome:
         still = any((r.get("rData") or {}).get("ipAddress") == orphan["ip"]
                     for r in clients.technitium.records(orphan["name"]))
     else:
+        current = next((s for s in clients.velocity.servers()
+                        if s.get("name", "").lower() == orphan["name"].lower()), None)
+        if current is not None and not velocity_registration_is_ours(orphan["name"], current):
+            raise Skip("the registration is not ours (never touched)")
         found = clients.velocity.unregister(orphan["name"])
         still = any(s["name"] == orphan["name"] for s in clients.velocity.servers())
     if not found and not still:

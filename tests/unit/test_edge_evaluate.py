@@ -177,7 +177,11 @@ def test_bulk_finds_orphans_of_every_source_and_judges_targets():
         tech=[tech_a(),
               {"name": f"ghost.{internal}", "type": "A", "rData": {"ipAddress": "10.1.0.9"},
                "comments": f"zlh:{gone}"}],
-        vel=[reg(), {"name": "Ghost", "address": "10.1.0.9:30000", "hosts": []}],
+        vel=[reg(), {"name": "Ghost", "address": "10.1.0.9:30000", "hosts": [f"ghost.{zone}"]},
+             # The operator's lobby: not registered by us (no forced host of ours), never an
+             # orphan, so a level-2 repair can never delete it.
+             {"name": "lobby", "address": "10.9.9.9:25565", "hosts": ["play.example.net"]},
+             {"name": "hub", "address": "10.9.9.8:25565", "hosts": []}],
     )
     result = observe_edge_bulk([T], clients=clients)
     assert result.sources == {"cloudflare": "healthy", "technitium": "healthy",
@@ -193,7 +197,8 @@ def test_bulk_finds_orphans_of_every_source_and_judges_targets():
 
 def test_bulk_marks_a_failed_listing_unknown_and_takes_nothing_from_it():
     clients = FakeClients(cf=None, tech=[tech_a()],
-                          vel=[{"name": "ghost", "address": "x", "hosts": []}])
+                          vel=[{"name": "ghost", "address": "x",
+                                "hosts": [f"ghost.{settings.EDGE_ZONE}"]}])
     result = observe_edge_bulk([T], clients=clients)
     assert result.sources["cloudflare"] == "unknown"
     assert result.sources["technitium"] == result.sources["velocity"] == "healthy"
