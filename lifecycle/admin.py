@@ -3,10 +3,15 @@
 Every action goes through the same services as the API (and so lands in the audit trail with
 the admin's name); authoritative data is read-only here; secret-looking values are masked on
 display (`pretty_json`), on top of being redacted when stored.
+
+Every action that changes something needs the model's change permission (Django's
+`@admin.action(permissions=[...])`: without it the action is neither offered nor accepted), so a
+staff user with view permissions only can look at everything and steer nothing.
 """
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
@@ -28,6 +33,7 @@ from .models import (
     Operation,
 )
 from .operation_kinds import SPECS, OperationSpec
+from .services.accounts import api_token_revoke
 from .services.actions import server_request, server_set_flags
 from .services.audit import Actor, audit_record
 from .services.edge import server_republish_edge
@@ -39,13 +45,22 @@ def admin_actor(request) -> Actor:
     return Actor.for_user(request.user, admin=True)
 
 
+def has_model_permission(request, model, action: str) -> bool:
+    """Whether the user holds `<app>.<action>_<model>` (say `reconciler.change_breaker`), for
+    admins whose own has_change_permission is False because their rows are read-only on screen
+    but which still offer a state-changing action."""
+    opts = model._meta
+    return request.user.has_perm(f"{opts.app_label}.{get_permission_codename(action, opts)}")
+
+
 def _operation_action(spec: OperationSpec):
-    """The admin action that requests an operation of `spec.kind` for the selected servers."""
+    """The admin action that requests an operation of `spec.kind` for the selected servers
+    (offered to, and accepted from, users with the change permission on servers only)."""
     def action(modeladmin, request, queryset):
         return modeladmin.request_operation(request, queryset, spec)
 
     action.__name__ = spec.admin_action
-    return admin.action(description=spec.admin_label)(action)
+    return admin.action(description=spec.admin_label, permissions=["change"])(action)
 
 
 #: One admin action per operation kind, from the kinds' table.
@@ -209,19 +224,20 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
             server_set_flags(instance_id=inst.id, actor=admin_actor(request), **values)
         messages.success(request, f"{description}: {', '.join(i.slug for i in queryset)}")
 
-    @admin.action(description="Toggle maintenance lock")
+    @admin.action(description="Toggle maintenance lock", permissions=["change"])
     def toggle_maintenance_lock(self, request, queryset):
         self._flags(request, queryset, "Maintenance lock toggled", maintenance_lock=None)
 
-    @admin.action(description="Suspend")
+    @admin.action(description="Suspend", permissions=["change"])
     def suspend(self, request, queryset):
         self._flags(request, queryset, "Suspended", suspended=True)
 
-    @admin.action(description="Unsuspend")
+    @admin.action(description="Unsuspend", permissions=["change"])
     def unsuspend(self, request, queryset):
         self._flags(request, queryset, "Unsuspended", suspended=False)
 
-    @admin.action(description="Republish edge (DNS + Velocity), with post-check")
+    @admin.action(description="Republish edge (DNS + Velocity), with post-check",
+                  permissions=["change"])
     def republish_edge(self, request, queryset):
         for inst in queryset:
             result = server_republish_edge(instance_id=inst.id, actor=admin_actor(request))
@@ -315,8 +331,33 @@ class AccountQuotaAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(ReadOnlyAdmin):
+    """Tokens are issued by `manage.py apitoken` (the raw token is shown once, there); here they
+    are listed by their prefix (the hash is never shown) and revoked."""
     list_display = ("prefix", "user", "name", "created_at", "last_used_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("prefix", "name", "user__username")
     exclude = ("key_hash",)
+    actions = ("revoke",)
+
+    def has_revoke_permission(self, request) -> bool:
+        # The rows are read-only on screen (has_change_permission is False for everyone), but
+        # revoking changes them: it needs the change permission on API tokens.
+        return has_model_permission(request, ApiToken, "change")
+
+    @admin.action(description="Revoke (the token stops working at once)",
+                  permissions=["revoke"])
+    def revoke(self, request, queryset):
+        revoked, already = [], []
+        for token in queryset.select_related("user"):
+            if token.revoked_at is not None:
+                already.append(token.prefix)
+                continue
+            api_token_revoke(token=token, actor=admin_actor(request))
+            revoked.append(f"{token.prefix}… ({token.user})")
+        if revoked:
+            messages.success(request, "Revoked: " + ", ".join(revoked))
+        if already:
+            messages.warning(request, "Already revoked: " + ", ".join(already))
 
 
 @admin.register(AuditEvent)

@@ -1,4 +1,5 @@
-"""Operator views of the outbox: what was sent, what waits, channels that stopped."""
+"""Operator views of the outbox: what was sent, what waits, channels that stopped. Sending
+again and re-enabling need the change permission on the model (view-only staff only look)."""
 from django.contrib import admin, messages
 
 from .models import AlertState, ChannelState, Notification
@@ -16,7 +17,7 @@ class NotificationAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
-    @admin.action(description="Send again (as a new notification)")
+    @admin.action(description="Send again (as a new notification)", permissions=["change"])
     def resend(self, request, queryset):
         from .services import notify
 
@@ -39,7 +40,8 @@ class ChannelStateAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
-    @admin.action(description="Re-enable (after fixing the webhook URL) and deliver what waits")
+    @admin.action(description="Re-enable (after fixing the webhook URL) and deliver what waits",
+                  permissions=["change"])
     def enable(self, request, queryset):
         for state in queryset:
             channel_enable(state.channel)

@@ -4,6 +4,7 @@ admin (the open-findings column and filter, the repair events on a server's page
 registers the extended one, so imports point one way (reconciler -> lifecycle)."""
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Exists, OuterRef, Subquery
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -12,7 +13,7 @@ from django.utils.html import format_html, format_html_join
 
 from core.admin import ReadOnlyAdmin, badge, pretty_json
 from core.redaction import redact, redact_text
-from lifecycle.admin import ContainerInstanceAdmin, admin_actor
+from lifecycle.admin import ContainerInstanceAdmin, admin_actor, has_model_permission
 from lifecycle.models import ContainerInstance
 from lifecycle.services.audit import audit_record
 
@@ -70,7 +71,8 @@ class ReconciledServerAdmin(ContainerInstanceAdmin):
                            "<th>state</th><th>reason</th><th>mode</th></tr>{}</table>",
                            open_list, rows)
 
-    @admin.action(description="Reconcile now (dry-run preview)")
+    # Read-only (a dry run): whoever may see the servers may preview them.
+    @admin.action(description="Reconcile now (dry-run preview)", permissions=["view"])
     def reconcile_preview(self, request, queryset):
         ids = [str(i.id) for i in queryset]
         result = preview_servers(instance_ids=ids)
@@ -105,6 +107,8 @@ class ControllerRunAdmin(ReadOnlyAdmin):
         return extra + super().get_urls()
 
     def dashboard(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         runs = []
         for run in ControllerRun.objects.order_by("-started_at")[:25]:
             duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at \
@@ -134,6 +138,8 @@ class ControllerRunAdmin(ReadOnlyAdmin):
     def reset_breaker(self, request, action):
         if request.method != "POST":
             return redirect("admin:reconciler_dashboard")
+        if not may_reset_breakers(request):
+            raise PermissionDenied  # 403: a view-only operator sees breakers, never resets them
         breaker_reset(action=action)
         audit_record(actor=admin_actor(request), action="breaker:reset",
                      data={"action": action})
@@ -183,6 +189,12 @@ class RepairEventAdmin(ReadOnlyAdmin):
         return redact_text(obj.error)
 
 
+def may_reset_breakers(request) -> bool:
+    """Resetting changes the breaker: it needs the change permission on breakers (the breaker
+    admin itself is read-only on screen, so its has_change_permission is False for everyone)."""
+    return has_model_permission(request, Breaker, "change")
+
+
 @admin.register(Breaker)
 class BreakerAdmin(ReadOnlyAdmin):
     list_display = ("action", "state", "consecutive_failures", "opened_at", "failure_text")
@@ -194,7 +206,10 @@ class BreakerAdmin(ReadOnlyAdmin):
         return redact_text(obj.last_failure)
     actions = ["reset"]
 
-    @admin.action(description="Reset (close) the breaker")
+    def has_reset_permission(self, request) -> bool:
+        return may_reset_breakers(request)
+
+    @admin.action(description="Reset (close) the breaker", permissions=["reset"])
     def reset(self, request, queryset):
         for breaker in queryset:
             breaker_reset(action=breaker.action)

@@ -1,10 +1,44 @@
 """Production settings: the base settings, hardened. Refuses to start without the secrets and
-hosts it needs. Passes `python manage.py check --deploy` with deploy/env.example's variables."""
+hosts it needs. Passes `python manage.py check --deploy` with deploy/env.example's variables
+(and the secrets filled in)."""
+from django.core.exceptions import ImproperlyConfigured
+
 from .settings import *  # noqa: F401,F403
 from .settings import env
 
+#: Secrets the running system cannot work without; the base settings default them to "" (a
+#: laptop talks to the devstack), production refuses to start while any is missing or empty.
+REQUIRED_SECRETS = {
+    "SECRET_KEY": "Django's signing key (50+ random characters)",
+    "PROXMOX_TOKEN_SECRET": "the Proxmox API token's secret (PROXMOX_TOKEN_ID's uuid)",
+    "AGENT_TOKEN": "the token of the agent in every container",
+    # Paper and Fabric are offered (lifecycle/catalog.py): their proxy config needs it.
+    "VELOCITY_FORWARDING_SECRET": "Velocity's modern-forwarding secret (FabricProxy-Lite, Paper)",
+    "CLOUDFLARE_API_TOKEN": "a Cloudflare API token with DNS edit on the players' zone",
+    "CLOUDFLARE_ZONE_ID": "the Cloudflare zone id of EDGE_ZONE",
+    "TECHNITIUM_TOKEN": "the Technitium DNS API token",
+    "VELOCITY_BRIDGE_TOKEN": "the Velocity bridge's API token",
+}
+
+
+def _required(name: str) -> str:
+    value = env.str(name, default="").strip()
+    if not value:
+        raise ImproperlyConfigured(
+            f"{name} is not set: {REQUIRED_SECRETS[name]}. zlh.settings_production refuses to "
+            f"start without it; set {name} in the environment (see deploy/env.example).")
+    return value
+
+
 DEBUG = False
-SECRET_KEY = env.str("SECRET_KEY")  # no default: a missing key is a start-up error
+SECRET_KEY = _required("SECRET_KEY")
+PROXMOX_TOKEN_SECRET = _required("PROXMOX_TOKEN_SECRET")
+AGENT_TOKEN = _required("AGENT_TOKEN")
+VELOCITY_FORWARDING_SECRET = _required("VELOCITY_FORWARDING_SECRET")
+CLOUDFLARE_API_TOKEN = _required("CLOUDFLARE_API_TOKEN")
+CLOUDFLARE_ZONE_ID = _required("CLOUDFLARE_ZONE_ID")
+TECHNITIUM_TOKEN = _required("TECHNITIUM_TOKEN")
+VELOCITY_BRIDGE_TOKEN = _required("VELOCITY_BRIDGE_TOKEN")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
 
 # TLS ends at the reverse proxy in front of gunicorn.

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deploy.test_demo_processes import demo_env
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.deploy
 
@@ -30,10 +32,8 @@ def test_make_demo_runs_every_sample_and_every_url_answers(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "TEST_"))}
-    env.update({"DEMO_SAMPLES": "3", "DEMO_EXIT_WHEN_READY": "1", "DEMO_READY_TIMEOUT": "240",
-                "API_PORT": str(port), "DEVSTACK_TIME_SCALE": "0.02"})
-    env.pop("REDIS_URL", None)  # tests.settings rewrote it; the demo picks its own database
+    env = demo_env(DEMO_SAMPLES="3", DEMO_EXIT_WHEN_READY="1", DEMO_READY_TIMEOUT="240",
+                   API_PORT=str(port))
     result = subprocess.run(["make", "demo"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600, stdin=subprocess.DEVNULL)
     out = result.stdout + result.stderr
@@ -50,22 +50,73 @@ def test_make_demo_runs_every_sample_and_every_url_answers(tmp_path):
         assert f"stopped {name} (pid" in out  # everything it started, stopped by pid
 
 
+#: Every secret the running system needs; zlh.settings_production refuses to start without any.
+REQUIRED_SECRETS = ("SECRET_KEY", "PROXMOX_TOKEN_SECRET", "AGENT_TOKEN",
+                    "VELOCITY_FORWARDING_SECRET", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_ZONE_ID",
+                    "TECHNITIUM_TOKEN", "VELOCITY_BRIDGE_TOKEN")
+
+
+def _production_env(**over: str) -> dict[str, str]:
+    """The documented environment (deploy/env.example) with dummy values for its secrets."""
+    env = {k: v for k, v in os.environ.items() if k not in REQUIRED_SECRETS}
+    env.update(_env_example())
+    env.update({name: f"dummy-{name.lower()}-{os.urandom(8).hex()}" for name in REQUIRED_SECRETS})
+    env["SECRET_KEY"] = os.urandom(32).hex() + "Zz-9!x"
+    env["DJANGO_SETTINGS_MODULE"] = "zlh.settings_production"
+    env.update(over)
+    return env
+
+
 def test_production_settings_pass_check_deploy_with_the_documented_env():
-    env = {**os.environ, **_env_example(), "SECRET_KEY": os.urandom(32).hex() + "Zz-9!x",
-           "DJANGO_SETTINGS_MODULE": "zlh.settings_production"}
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy",
-                             "--fail-level", "WARNING"], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=120)
+                             "--fail-level", "WARNING"], cwd=REPO, env=_production_env(),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
 
 def test_production_settings_refuse_to_start_without_a_secret_key():
-    env = {k: v for k, v in {**os.environ, **_env_example()}.items() if k != "SECRET_KEY"}
-    env["DJANGO_SETTINGS_MODULE"] = "zlh.settings_production"
+    env = {k: v for k, v in _production_env().items() if k != "SECRET_KEY"}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "SECRET_KEY" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["missing", "empty"])
+@pytest.mark.parametrize("name", REQUIRED_SECRETS)
+def test_production_settings_refuse_to_start_without_each_required_secret(name, how):
+    env = _production_env()
+    if how == "missing":
+        del env[name]
+    else:
+        env[name] = "  "
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0, result.stdout
+    assert "ImproperlyConfigured" in result.stderr, result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert name in message and "deploy/env.example" in message, message
+    others = [n for n in REQUIRED_SECRETS if n != name and re.search(rf"\b{n}\b", message)]
+    assert others == [], message  # names the one that is missing, not a list of suspects
+
+
+def test_env_example_leaves_every_required_secret_empty_and_marked():
+    """A copied example that nobody filled in must not start: the secrets are empty, each under a
+    "REQUIRED" comment, and the production settings require exactly these."""
+    lines = (REPO / "deploy" / "env.example").read_text().splitlines()
+    for name in REQUIRED_SECRETS:
+        at = lines.index(f"{name}=")  # present, and empty
+        above = at - 1
+        while lines[above].startswith(REQUIRED_SECRETS):  # secrets documented as a group
+            above -= 1
+        comments = []
+        while lines[above].startswith("#"):
+            comments.append(lines[above])
+            above -= 1
+        assert any("REQUIRED" in c for c in comments), (name, comments)
+    required = re.findall(r'_required\("([A-Z0-9_]+)"\)',
+                          (REPO / "zlh" / "settings_production.py").read_text())
+    assert sorted(required) == sorted(REQUIRED_SECRETS)
 
 
 def test_env_example_documents_every_setting():
@@ -77,17 +128,29 @@ def test_env_example_documents_every_setting():
     assert names - documented == set(), f"undocumented: {sorted(names - documented)}"
 
 
-def test_compose_file_is_valid():
+def _compose_copy(tmp_path: Path) -> Path:
+    """deploy/compose.yaml copied into tmp_path, its env_file pointing at a temporary file and
+    its build context at this checkout: validating it never reads or writes deploy/zlh.env (an
+    operator's real secrets may live there)."""
+    env_file = tmp_path / "zlh.env"
+    env_file.write_text("SECRET_KEY=x\n")
+    text = (REPO / "deploy" / "compose.yaml").read_text()
+    assert text.count("env_file: zlh.env") == 1 and text.count("context: ..") == 1
+    text = text.replace("env_file: zlh.env", f"env_file: {env_file}") \
+        .replace("context: ..", f"context: {REPO}")
+    copy = tmp_path / "compose.yaml"
+    copy.write_text(text)
+    return copy
+
+
+def test_compose_file_is_valid(tmp_path):
     path = REPO / "deploy" / "compose.yaml"
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
                                                  capture_output=True).returncode == 0:
         env = {**os.environ, "MARIADB_PASSWORD": "x"}
-        (REPO / "deploy" / "zlh.env").write_text("SECRET_KEY=x\n")
-        try:
-            result = subprocess.run(["docker", "compose", "-f", str(path), "config", "-q"],
-                                    env=env, capture_output=True, text=True, timeout=60)
-        finally:
-            (REPO / "deploy" / "zlh.env").unlink()
+        result = subprocess.run(["docker", "compose", "-f", str(_compose_copy(tmp_path)),
+                                 "config", "-q"], env=env, capture_output=True, text=True,
+                                timeout=60)
         assert result.returncode == 0, result.stderr
         return
     # No Docker here: check the structure the compose specification requires of us.
@@ -110,6 +173,60 @@ def test_compose_file_is_valid():
         assert services[f"worker-{queue}"]["command"][5] == queue
     assert set(doc["volumes"]) == {"mariadb-data"}
     assert (REPO / "deploy" / "Dockerfile").exists()
+
+
+FAKE_DOCKER = """#!{python}
+# A stand-in for the docker CLI: `compose version` works; `compose -f FILE config` records the
+# file it was given and checks, like docker does, that every env_file it names exists.
+import json, os, sys
+import yaml
+args = sys.argv[1:]
+if args[:2] == ["compose", "version"]:
+    sys.exit(0)
+compose = args[args.index("-f") + 1]
+env_files = []
+for svc in yaml.safe_load(open(compose))["services"].values():
+    files = svc.get("env_file") or []
+    env_files += [files] if isinstance(files, str) else files
+env_files = [os.path.join(os.path.dirname(compose), f) for f in env_files]
+with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
+    log.write(json.dumps({{"args": args, "env_files": env_files}}) + "\\n")
+sys.exit(0 if env_files and all(os.path.exists(f) for f in env_files) else 1)
+"""
+
+
+def test_compose_check_never_touches_an_operators_env_file(tmp_path, monkeypatch):
+    """With docker compose on the PATH the check must validate a copy: an operator's
+    deploy/zlh.env (here a planted one when none exists) stays byte for byte as it was."""
+    import json
+
+    real = REPO / "deploy" / "zlh.env"
+    planted = not real.exists()
+    if planted:
+        real.write_text("OPERATOR_SECRET=keep-me-" + os.urandom(8).hex() + "\n")
+    before = real.read_bytes(), real.stat().st_mtime_ns
+    try:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        docker = bin_dir / "docker"
+        docker.write_text(FAKE_DOCKER.format(python=sys.executable))
+        docker.chmod(0o755)
+        log = tmp_path / "docker.log"
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("FAKE_DOCKER_LOG", str(log))
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        test_compose_file_is_valid(run_dir)
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        assert len(calls) == 1, calls
+        compose = Path(calls[0]["args"][calls[0]["args"].index("-f") + 1])
+        assert compose.resolve() != (REPO / "deploy" / "compose.yaml").resolve()
+        assert all(Path(f).resolve() != real.resolve() for f in calls[0]["env_files"]), calls
+        assert real.exists(), "the check deleted deploy/zlh.env"
+        assert (real.read_bytes(), real.stat().st_mtime_ns) == before, "deploy/zlh.env changed"
+    finally:
+        if planted and real.exists():
+            real.unlink()
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
