@@ -174,7 +174,7 @@ def test_a_lost_message_is_sent_again_by_the_sweeper(stack, worker_env, owner, t
         assert operation_sweep()["lost"] == 0  # sent recently: not yet considered lost
         Operation.objects.filter(pk=result.operation.id).update(
             enqueued_at=timezone.now() - timedelta(minutes=5))
-        assert operation_sweep() == {"lost": 1, "expired": 0, "sent": 1}
+        assert operation_sweep() == {"lost": 1, "expired": 0, "sent": 1, "expired_requests": 0}
         wait_status(result.instance.id, "running")
     finally:
         proc.stop()
