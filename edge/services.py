@@ -26,7 +26,6 @@ from .clients.technitium import TechnitiumClient
 from .clients.velocity import VelocityClient
 from .errors import EdgeError
 
-OK, MISSING, WRONG, FOREIGN = Verdict.OK, Verdict.MISSING, Verdict.WRONG, Verdict.FOREIGN
 
 
 @dataclass(frozen=True)
@@ -65,11 +64,11 @@ class EdgeObservation:
 
     @property
     def ok(self) -> bool:
-        return all(self.parts.get(p) == OK for p in PARTS)
+        return all(self.parts.get(p) == Verdict.OK for p in PARTS)
 
     @property
     def drift(self) -> list[str]:
-        return [p for p in PARTS if self.parts.get(p) != OK]
+        return [p for p in PARTS if self.parts.get(p) != Verdict.OK]
 
 
 @dataclass
@@ -138,10 +137,10 @@ def _judge(records: list[dict[str, Any]], matches: Callable[[dict[str, Any]], bo
            is_ours: Callable[[dict[str, Any]], bool]) -> str:
     ours = [r for r in records if is_ours(r)]
     if any(matches(r) for r in ours):
-        return OK
+        return Verdict.OK
     if ours:
-        return WRONG
-    return FOREIGN if records else MISSING
+        return Verdict.WRONG
+    return Verdict.FOREIGN if records else Verdict.MISSING
 
 
 def evaluate(t: EdgeTarget, *, cf: dict[tuple[str, str], list[dict]] | None,
@@ -178,11 +177,11 @@ def evaluate(t: EdgeTarget, *, cf: dict[tuple[str, str], list[dict]] | None,
     else:
         reg = velocity.get(t.slug.lower())
         if reg is None:
-            obs.parts[Part.VELOCITY] = MISSING
+            obs.parts[Part.VELOCITY] = Verdict.MISSING
         elif reg.get("address") == t.backend and t.fqdn in reg.get("hosts", []):
-            obs.parts[Part.VELOCITY] = OK
+            obs.parts[Part.VELOCITY] = Verdict.OK
         else:
-            obs.parts[Part.VELOCITY] = WRONG
+            obs.parts[Part.VELOCITY] = Verdict.WRONG
     return obs
 
 

@@ -29,9 +29,6 @@ from lifecycle.models import Allocation, ContainerInstance, Operation
 from lifecycle.services.edge import edge_target_for
 
 logger = logging.getLogger(__name__)
-HEALTHY, UNKNOWN = Health.HEALTHY, Health.UNKNOWN
-
-
 class ObservedSource(StrEnum):
     """The sources the reconciler reads besides the edge's (edge.choices.Source)."""
 
@@ -88,7 +85,7 @@ def observe(*, renew=lambda: None) -> World:
             "value", "instance_id")
     }
     world = World(now=now, instances=instances, active_ops=active_ops, vmid_owner=vmid_owner)
-    world.sources[ObservedSource.DATABASE] = HEALTHY
+    world.sources[ObservedSource.DATABASE] = Health.HEALTHY
     renew()
     _observe_proxmox(world)
     renew()
@@ -107,7 +104,7 @@ def _observe_proxmox(world: World) -> None:
     try:
         resources = client.cluster_resources()
     except ProxmoxError as err:
-        world.sources[ObservedSource.PROXMOX] = UNKNOWN
+        world.sources[ObservedSource.PROXMOX] = Health.UNKNOWN
         world.problems[ObservedSource.PROXMOX] = f"Proxmox unknown: {err.message}"
         return
     finally:
@@ -118,13 +115,13 @@ def _observe_proxmox(world: World) -> None:
     # Implausible: Proxmox says "nothing" (or nearly) while we run many servers. An empty list
     # from a confused API must not read as "every container vanished".
     if expected and len(expected) >= 3 and seen == 0:
-        world.sources[ObservedSource.PROXMOX] = UNKNOWN
+        world.sources[ObservedSource.PROXMOX] = Health.UNKNOWN
         world.problems[ObservedSource.PROXMOX] = (
             f"Proxmox implausible: lists {len(by_vmid)} containers, none of the "
             f"{len(expected)} we expect")
         return
     world.proxmox = by_vmid
-    world.sources[ObservedSource.PROXMOX] = HEALTHY
+    world.sources[ObservedSource.PROXMOX] = Health.HEALTHY
 
 
 def _observe_edge(world: World) -> None:
@@ -142,7 +139,7 @@ def _observe_edge(world: World) -> None:
     world.calls.update({f"edge_{k}": v for k, v in clients.calls().items()})
     for source, health in (world.edge.sources if world.edge else {}).items():
         world.sources[source] = health
-        if health != HEALTHY:
+        if health != Health.HEALTHY:
             world.problems[source] = f"{source} unknown: its listing failed"
 
 
@@ -173,7 +170,7 @@ def _observe_agents(world: World) -> None:
             client.close()
 
     if not wanted:
-        world.sources[ObservedSource.AGENTS] = HEALTHY
+        world.sources[ObservedSource.AGENTS] = Health.HEALTHY
         return
     with ThreadPoolExecutor(max_workers=settings.RECONCILER_AGENT_PARALLELISM) as pool:
         for server_id, status in pool.map(check, wanted):
@@ -182,7 +179,7 @@ def _observe_agents(world: World) -> None:
     failed = sum(1 for s in world.agents.values() if s is None)
     # Every agent silent at once is a network problem on our side, not N broken servers.
     if len(wanted) >= 3 and failed == len(wanted):
-        world.sources[ObservedSource.AGENTS] = UNKNOWN
+        world.sources[ObservedSource.AGENTS] = Health.UNKNOWN
         world.problems[ObservedSource.AGENTS] = f"agents unknown: none of {len(wanted)} answered"
     else:
-        world.sources[ObservedSource.AGENTS] = HEALTHY
+        world.sources[ObservedSource.AGENTS] = Health.HEALTHY

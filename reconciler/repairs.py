@@ -188,49 +188,45 @@ def _edge_repair(parts: tuple[str, ...]) -> Callable[[RepairEvent, Actor], Outco
     return repair
 
 
-def start_container(event: RepairEvent, actor: Actor) -> Outcome:
+def _enforce_power(event: RepairEvent, actor: Actor, *, desired: str, kind: str,
+                   found: str, goal: str, believed: str) -> Outcome:
+    """The container's power disagrees with what the user wants: a normal operation of `kind`
+    (start or graceful stop) puts it right. `found`/`goal` are the power before and after;
+    `believed` is the status the database may still claim although `found` is true."""
     inst = _instance(event)
     power, ours = _power(inst)
-    if not (inst.status in (S.RUNNING, S.STOPPED) and inst.desired_state == DesiredState.RUNNING
-            and power == PowerState.STOPPED and ours and _active_op(inst) is None):
-        raise Skip("the container no longer needs starting")
+    if not (inst.status in (S.RUNNING, S.STOPPED) and inst.desired_state == desired
+            and power == found and ours and _active_op(inst) is None):
+        raise Skip(f"the container no longer needs a {kind}")
     with fenced(event.epoch):
-        if inst.status == S.RUNNING:  # the database believed it ran: say what is true first
-            instance_transition(instance_id=inst.id, expected=S.RUNNING, to=S.STOPPED,
+        if inst.status == believed:  # the database believed otherwise: say what is true first
+            instance_transition(instance_id=inst.id, expected=believed, to=_STATUS_OF[found],
                                 actor=actor, action="reconciler:sync_status")
-        op = server_request(instance_id=inst.id, kind=OperationKind.START, actor=actor)
+        op = server_request(instance_id=inst.id, kind=kind, actor=actor)
     op = _wait_operation(op)
     power, _ = _power(inst)
     inst.refresh_from_db()
-    ok = (op.state == OperationState.SUCCEEDED and power == PowerState.RUNNING
-          and inst.status == S.RUNNING)
+    ok = (op.state == OperationState.SUCCEEDED and power == goal
+          and inst.status == _STATUS_OF[goal])
     return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
-                   reason="" if ok else f"start operation {op.state}",
-                   before={"power": PowerState.STOPPED, "operation": str(op.id)},
+                   reason="" if ok else f"{kind} operation {op.state}",
+                   before={"power": found, "operation": str(op.id)},
                    after={"power": power, "status": inst.status, "operation": op.state})
+
+
+_STATUS_OF = {PowerState.RUNNING: S.RUNNING, PowerState.STOPPED: S.STOPPED}
+
+
+def start_container(event: RepairEvent, actor: Actor) -> Outcome:
+    """Wanted running, found stopped: a normal start operation."""
+    return _enforce_power(event, actor, desired=DesiredState.RUNNING, kind=OperationKind.START,
+                          found=PowerState.STOPPED, goal=PowerState.RUNNING, believed=S.RUNNING)
 
 
 def stop_container(event: RepairEvent, actor: Actor) -> Outcome:
-    """The user wants it stopped and it runs: a normal (graceful) stop operation."""
-    inst = _instance(event)
-    power, ours = _power(inst)
-    if not (inst.status in (S.RUNNING, S.STOPPED) and inst.desired_state == DesiredState.STOPPED
-            and power == PowerState.RUNNING and ours and _active_op(inst) is None):
-        raise Skip("the container no longer needs stopping")
-    with fenced(event.epoch):
-        if inst.status == S.STOPPED:  # the database believed it stopped: say what is true first
-            instance_transition(instance_id=inst.id, expected=S.STOPPED, to=S.RUNNING,
-                                actor=actor, action="reconciler:sync_status")
-        op = server_request(instance_id=inst.id, kind=OperationKind.STOP, actor=actor)
-    op = _wait_operation(op)
-    power, _ = _power(inst)
-    inst.refresh_from_db()
-    ok = (op.state == OperationState.SUCCEEDED and power == PowerState.STOPPED
-          and inst.status == S.STOPPED)
-    return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
-                   reason="" if ok else f"stop operation {op.state}",
-                   before={"power": PowerState.RUNNING, "operation": str(op.id)},
-                   after={"power": power, "status": inst.status, "operation": op.state})
+    """Wanted stopped (the user stopped it), found running: a normal, graceful stop."""
+    return _enforce_power(event, actor, desired=DesiredState.STOPPED, kind=OperationKind.STOP,
+                          found=PowerState.RUNNING, goal=PowerState.STOPPED, believed=S.STOPPED)
 
 
 def recreate_container(event: RepairEvent, actor: Actor) -> Outcome:

@@ -18,6 +18,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from core.clock import db_now
+from core.health import Health
 from core.redaction import redact, redact_text
 from notifications.services import (
     alert_resolve,
@@ -39,7 +40,7 @@ from .choices import (
 from .diff import FindingSpec, diff
 from .lease import FencedOut, Lease, LeaseLost, acquire, fenced
 from .models import Breaker, ControllerRun, Finding, RepairEvent
-from .observe import HEALTHY, World, observe
+from .observe import World, observe
 from .statemachine import repair_claim, repair_end, repairs_abandon, repairs_supersede
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def _act(world: World, findings: list[FindingSpec], lease: Lease, run: Controlle
                             f"{problem}. No findings depend on it until it is healthy again.",
                             alert_key=f"source:{source}")
         for source, health in world.sources.items():
-            if health == HEALTHY:
+            if health == Health.HEALTHY:
                 alert_resolve(f"source:{source}", body=f"{source} is healthy again.")
         if mass_drift:
             notify_critical(
@@ -173,7 +174,7 @@ def _alert(spec: FindingSpec) -> None:
 def _resolve_cleared(world: World, findings: list[FindingSpec]) -> None:
     """Open findings not seen this cycle are resolved — if the sources they depend on were
     healthy (unknown is not absent)."""
-    if any(health != HEALTHY for health in world.sources.values()):
+    if any(health != Health.HEALTHY for health in world.sources.values()):
         return
     seen = {f.key for f in findings}
     cleared = list(Finding.objects.filter(open=True).exclude(key__in=seen))

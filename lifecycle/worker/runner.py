@@ -27,6 +27,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import BooleanField, ExpressionWrapper, Q
 from django.utils import timezone
 
 from core.clock import db_before
@@ -73,13 +74,14 @@ def claim(*, operation_id: Any, worker: str | None = None) -> OperationContext |
         operation_claim(operation_id=operation_id, worker=worker)
     except TransitionConflict:
         return None
-    op = Operation.objects.get(pk=operation_id)
+    # Read back with whether it started longer ago than the retry window (database clock).
+    op = Operation.objects.annotate(retry_window_over=ExpressionWrapper(
+        Q(started_at__lt=db_before(settings.OPERATION_RETRY_WINDOW_SECONDS)),
+        output_field=BooleanField())).get(pk=operation_id)
     ctx = OperationContext(operation_id=op.id, instance_id=op.instance_id, kind=op.kind,
                            worker=worker, attempt=op.attempt, params=op.params or {},
-                           log=list(op.log or []), step=op.step)
-    # Judged by the database clock: the operation started longer ago than the retry window.
-    ctx.retry_window_over = Operation.objects.filter(
-        pk=op.id, started_at__lt=db_before(settings.OPERATION_RETRY_WINDOW_SECONDS)).exists()
+                           log=list(op.log or []), step=op.step,
+                           retry_window_over=bool(op.retry_window_over))
     ctx.note(f"claimed by {worker} (attempt {op.attempt}"
              f"{', after step ' + op.step if op.step else ''})")
     return ctx

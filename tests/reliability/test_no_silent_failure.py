@@ -4,6 +4,8 @@ but stay bounded; a failed purge is taken up again; a failed restore never lets 
 clock run out under the user; a refusal for capacity is told to the operator."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.conf import settings as django_settings
 
@@ -18,7 +20,6 @@ from lifecycle.worker.sweeper import server_purge_due
 from notifications.models import Notification
 from tests.support.platform import game_body
 from tests.support.stack import wait_operation, wait_status
-from tests.support.waiting import wait_until
 from tests.support.workers import start_worker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.lifecycle]
@@ -106,7 +107,7 @@ def test_a_failed_restore_gets_a_whole_new_window(stack, short_worker, owner, se
     wait_operation(_request(inst, OperationKind.DELETE).id, timeout=60)
     # The window is nearly over when the user asks for the restore...
     ContainerInstance.objects.filter(pk=inst.id).update(
-        purge_after=db_now() + __import__("datetime").timedelta(seconds=20))
+        purge_after=db_now() + timedelta(seconds=20))
     stack.fault(method="POST", path=rf"/lxc/{inst.vmid}/status/start$", status=500,
                 body="unexpected error", count=10000)
     op = _request(inst, OperationKind.RESTORE, target="running")
@@ -151,8 +152,6 @@ def test_a_refusal_for_capacity_reaches_the_operator(platform, alice):
 
 def test_a_request_too_old_to_run_is_expired_readably(platform, alice, settings):
     """A replayed week-old request must not run today, nor leave its server stuck."""
-    from datetime import timedelta
-
     from django.utils import timezone
 
     from lifecycle.worker.sweeper import operation_sweep

@@ -13,7 +13,10 @@ from django.conf import settings
 from edge.services import BulkObservation, EdgeObservation
 from reconciler.choices import ACTION_LEVEL, Action, FindingType
 from reconciler.diff import diff
-from reconciler.observe import HEALTHY, INSTANCE_FIELDS, UNKNOWN, World
+from core.health import Health
+from reconciler.observe import INSTANCE_FIELDS, World
+
+HEALTHY, UNKNOWN = Health.HEALTHY, Health.UNKNOWN
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=dt_timezone.utc)
 ALL_OK = {"cloudflare_a": "ok", "cloudflare_srv": "ok", "technitium_a": "ok", "velocity": "ok"}

@@ -10,7 +10,7 @@ from django.db import transaction
 
 from notifications.services import alert_resolve, notify_warning
 
-from ...choices import Kind
+from ...choices import Kind, OperationKind
 from ...errors import TransitionConflict
 from ...models import ContainerInstance
 from ...statemachines.instance import instance_transition
@@ -57,9 +57,10 @@ def announce_failure(ctx: OperationContext, error: dict[str, Any], *, errored: b
     """Every operation that ends in failure reaches the operator once (deduplicated per server
     and kind, resolved when the same kind later succeeds), in the transaction that ends it."""
     inst = ctx.instance()
-    what = "Provisioning" if ctx.kind == "provision" else ctx.kind.capitalize()
+    what = "Provisioning" if ctx.kind == OperationKind.PROVISION else ctx.kind.capitalize()
     title = f"{what} {inst.slug} failed" + (" (platform error)" if errored else "")
-    retry = ("retry it" if ctx.kind == "provision" else f"request the {ctx.kind} again")
+    retry = ("retry it" if ctx.kind == OperationKind.PROVISION
+             else f"request the {ctx.kind} again")
     notify_warning(title, f"{error['message']}\n\nThe server is {inst.status}; {retry} once "
                    "the cause is fixed.", fields=server_facts(inst),
                    alert_key=failure_alert_key(inst.id, ctx.kind), subject=str(inst.id))
