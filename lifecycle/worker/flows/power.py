@@ -19,8 +19,7 @@ from . import Flow
 def start_steps(ctx: OperationContext) -> None:
     """Container running, agent up, game started, ready, edge published."""
     pve = proxmox()
-    inst = ctx.instance()
-    container_start(ctx, pve, inst)
+    inst = container_start(ctx, pve, ctx.instance())  # the fresh row: it may have moved
     ctx.checkpoint(Step.STARTED, f"CT {inst.vmid} running")
     agent = agent_for(inst)
     try:
@@ -36,7 +35,7 @@ def stop_steps(ctx: OperationContext) -> None:
     """Velocity first (no player is sent to a server going away), then a graceful stop."""
     inst = ctx.instance()
     velocity_unregister_step(ctx, inst)
-    container_stop(ctx, proxmox(), inst)
+    container_stop(ctx, proxmox(), inst)  # followed to its node if it moved
     ctx.checkpoint(Step.STOPPED, "container stopped")
 
 
@@ -65,7 +64,7 @@ def _settle_by_power(ctx: OperationContext, error: dict[str, Any]) -> None:
     say either, claim nothing: the server keeps its working status (with the error), and the
     reconciler settles it from what it observes once Proxmox answers (unknown is not stopped)."""
     try:
-        power = container_power(proxmox(), ctx.instance())
+        _, power = container_power(ctx, proxmox(), ctx.instance())
     except ExternalError:
         record_failure(ctx, error)
         return

@@ -23,7 +23,7 @@ def run(ctx: OperationContext) -> None:
     begin(ctx, fields={"last_error": None})
     pve = proxmox()
     inst = ensure_container(ctx, pve)
-    container_start(ctx, pve, inst)
+    inst = container_start(ctx, pve, inst)
     ctx.checkpoint(Step.STARTED, f"CT {inst.vmid} running")
 
     agent = agent_for(inst)

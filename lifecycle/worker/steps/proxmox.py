@@ -1,10 +1,17 @@
 """Steps on the container in Proxmox: make sure ours exists (adopt, create, or move off a
-foreign VMID), power it, destroy it. Every step reads the real state first."""
+foreign VMID), power it, destroy it. Every step reads the real state first.
+
+The fleet moves under us (Proxmox HA, an operator's `pct migrate`): no step concludes that a
+container is absent because the server's node says so. It asks the whole cluster first
+(`whereabouts`), follows ours to the node it is on now, and records the move. And nothing of
+the server is released while a container carrying its tag exists anywhere
+(`nothing_of_ours_left`)."""
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import Any
+from enum import StrEnum
+from typing import Any, NamedTuple, TypeVar
 
 from django.conf import settings
 
@@ -20,11 +27,13 @@ from ...clients.proxmox import (
 )
 from ...models import ContainerInstance
 from ...services.allocations import allocation_replace_vmid
+from ...services.moves import UnknownNode, server_record_move
 from ..context import OperationContext
 from ..errors import StepError
 from . import Step
 from .agent import ask_game_to_stop
 
+T = TypeVar("T")
 MAX_VMID_ATTEMPTS = 3
 #: A stop or destroy whose goal already holds.
 _GONE_OR_STOPPED = (PveErrorKind.NOT_RUNNING, PveErrorKind.NOT_FOUND)
@@ -73,13 +82,119 @@ def _settled_config(ctx: OperationContext, pve: ProxmoxClient, node: str, vmid: 
                         what=f"CT {vmid} to finish its create/destroy task")[1]
 
 
+class Where(StrEnum):
+    """Where the server's VMID is in the cluster, once its own node says "no such CT"."""
+
+    MOVED = "moved"      # ours, on another node: the move is recorded, the row names it now
+    ABSENT = "absent"    # nowhere in the cluster
+    FOREIGN = "foreign"  # another node holds the VMID with a guest that is not ours
+
+
+class Whereabouts(NamedTuple):
+    inst: ContainerInstance
+    where: Where
+    #: The cluster's row for the VMID (MOVED, FOREIGN), None when ABSENT.
+    resource: dict[str, Any] | None
+
+
+def _carries_our_tag(resource: dict[str, Any], inst: ContainerInstance) -> bool:
+    return (resource.get("type") == "lxc"
+            and str(inst.id) in owners_from_tags(parse_tags(resource.get("tags"))))
+
+
+def _cluster_row(pve: ProxmoxClient, vmid: int) -> dict[str, Any] | None:
+    """The cluster's row for a VMID (any node, any guest type), or None."""
+    return next((r for r in pve.cluster_resources() if int(r.get("vmid", -1)) == vmid), None)
+
+
+def _follow(ctx: OperationContext, inst: ContainerInstance, node: str) -> ContainerInstance:
+    """Record that our container is on `node` now (audit event, one warning to the operator)
+    and return the fresh row, which names it."""
+    try:
+        server_record_move(instance_id=inst.id, to_node=node, actor=ctx.actor,
+                           seen_by=f"{ctx.kind} operation {ctx.operation_id}")
+    except UnknownNode as exc:
+        raise StepError(exc.message, kind="unknown_node") from exc
+    ctx.note(f"CT {inst.vmid} is on node {node}, not {inst.node.name}: move recorded, "
+             "following it")
+    return ctx.instance()
+
+
+def whereabouts(ctx: OperationContext, pve: ProxmoxClient,
+                inst: ContainerInstance) -> Whereabouts:
+    """The server's node says its CT does not exist: ask the whole cluster before believing it
+    (`/cluster/resources`; a VMID is unique cluster-wide). A container moved by Proxmox HA or
+    an operator's `pct migrate` is not gone: ours on another node is followed — the move is
+    recorded on the row (audit event, one warning to the operator) and the returned row names
+    the new node. A guest that is not ours holding the VMID elsewhere is foreign, as on our own
+    node. If the cluster cannot be listed, the ProxmoxError goes up (retryable): unknown is not
+    absent."""
+    resource = _cluster_row(pve, inst.vmid)
+    if resource is None:
+        return Whereabouts(inst, Where.ABSENT, None)
+    if not _carries_our_tag(resource, inst):
+        return Whereabouts(inst, Where.FOREIGN, resource)
+    node = str(resource.get("node"))
+    if node == inst.node.name:
+        # Listed on our node, yet its config could not be read there: a migration is moving
+        # it right now. Ask again shortly rather than conclude anything.
+        raise StepError(f"CT {inst.vmid} is listed on {node} but not readable there "
+                        "(a migration in flight?)", retryable=True, kind="moving")
+    return Whereabouts(_follow(ctx, inst, node), Where.MOVED, resource)
+
+
+def _read_following(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInstance,
+                    read: Callable[[str, int], T]) -> tuple[ContainerInstance, T]:
+    """`read(node, vmid)` on the server's node. When that node does not answer (lost, fenced),
+    Proxmox HA may already have recovered the container on another node: if the cluster lists
+    ours there, it is followed and read there. Otherwise the node's error goes up (retryable):
+    an unreachable node proves nothing."""
+    try:
+        return inst, read(inst.node.name, inst.vmid)
+    except ProxmoxError as err:
+        if not err.retryable:
+            raise
+        try:
+            resource = _cluster_row(pve, inst.vmid)
+        except ProxmoxError:
+            raise err from None
+        if (resource is None or not _carries_our_tag(resource, inst)
+                or resource.get("node") == inst.node.name):
+            raise
+        inst = _follow(ctx, inst, str(resource.get("node")))
+        return inst, read(inst.node.name, inst.vmid)
+
+
+def _config_anywhere(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInstance,
+                     ) -> tuple[ContainerInstance, Where | None, dict[str, Any] | None]:
+    """The settled config of the server's VMID, wherever in the cluster it is: (fresh row,
+    None if found on the row's node else how it was looked for, config or None). A foreign
+    guest on another node is returned as a config without tags, so `is_ours` says no."""
+    inst, cfg = _read_following(ctx, pve, inst,
+                                lambda node, vmid: _settled_config(ctx, pve, node, vmid))
+    if cfg is not None:
+        return inst, None, cfg
+    found = whereabouts(ctx, pve, inst)
+    if found.where == Where.FOREIGN:
+        return found.inst, found.where, {"node": found.resource.get("node"),
+                                         "type": found.resource.get("type")}
+    if found.where == Where.ABSENT:
+        return found.inst, found.where, None
+    inst = found.inst
+    cfg = _settled_config(ctx, pve, inst.node.name, inst.vmid)
+    if cfg is None:
+        raise StepError(f"CT {inst.vmid} moved again while being followed", retryable=True,
+                        kind="moving")
+    return inst, found.where, cfg
+
+
 def ensure_container(ctx: OperationContext, pve: ProxmoxClient) -> ContainerInstance:
-    """Make sure our container exists: adopt it (our tag), create it (absent), or move to
-    another VMID if a foreign container sits on ours. Returns the fresh server row."""
+    """Make sure our container exists: adopt it (our tag, on whichever node it is now), create
+    it (absent from the whole cluster), or move to another VMID if a foreign guest holds ours.
+    Returns the fresh server row."""
     for _ in range(MAX_VMID_ATTEMPTS):
-        inst = ctx.instance()
+        inst, _where, cfg = _config_anywhere(ctx, pve, ctx.instance())
         node, vmid = inst.node.name, inst.vmid
-        cfg = _settled_config(ctx, pve, node, vmid)
         if cfg is None:
             try:
                 upid = pve.ct_create(node, vmid, **container_params(inst))
@@ -87,9 +202,12 @@ def ensure_container(ctx: OperationContext, pve: ProxmoxClient) -> ContainerInst
                 if err.kind != PveErrorKind.ALREADY_EXISTS:
                     raise
                 # Re-read, never assume: ours from an earlier attempt, someone else's here,
-                # or a container on another node holding this VMID.
-                cfg = (_settled_config(ctx, pve, node, vmid)
-                       or _foreign_or_ours_elsewhere(pve, inst, err))
+                # or a container that appeared on another node meanwhile.
+                inst, _where, cfg = _config_anywhere(ctx, pve, inst)
+                if cfg is None:
+                    raise StepError(f"{err.message}; not visible cluster-wide yet",
+                                    retryable=True, kind="already_exists") from err
+                node = inst.node.name
             else:
                 ctx.note(f"creating CT {vmid} on {node}")
                 result = pve.task_wait(upid, timeout=settings.PROXMOX_TASK_TIMEOUT,
@@ -103,30 +221,14 @@ def ensure_container(ctx: OperationContext, pve: ProxmoxClient) -> ContainerInst
                 if cfg is None:
                     raise StepError(f"CT {vmid} vanished right after its create task",
                                     retryable=True, kind="vanished")
-        if cfg is not None and is_ours(cfg, inst):
+        if is_ours(cfg, inst):
             ctx.checkpoint(Step.CONTAINER, f"CT {vmid} on {node} is ours")
             return inst
-        if cfg is None:
-            continue
         new_vmid = allocation_replace_vmid(instance_id=inst.id, old_vmid=vmid, actor=ctx.actor,
                                            reason=f"foreign container on VMID {vmid}")
         ctx.note(f"VMID {vmid} holds a container that is not ours; moved to VMID {new_vmid}")
     raise StepError(f"no usable VMID after {MAX_VMID_ATTEMPTS} tries (foreign containers)",
                     kind="vmid_conflict")
-
-
-def _foreign_or_ours_elsewhere(pve: ProxmoxClient, inst: ContainerInstance,
-                               err: ProxmoxError) -> dict[str, Any] | None:
-    """'already exists' although our node has no such CT: look cluster-wide."""
-    for res in pve.cluster_resources():
-        if int(res.get("vmid", -1)) == inst.vmid and res.get("node") != inst.node.name:
-            if str(inst.id) in owners_from_tags(parse_tags(res.get("tags"))):
-                raise StepError(
-                    f"our CT {inst.vmid} is on node {res.get('node')}, expected {inst.node.name}; "
-                    "an operator must decide", kind="wrong_node")
-            return {"tags": res.get("tags", ""), "node": res.get("node")}
-    raise StepError(f"{err.message}; not visible cluster-wide yet", retryable=True,
-                    kind="already_exists")
 
 
 def run_task(ctx: OperationContext, pve: ProxmoxClient, start: Callable[[], str], *, what: str,
@@ -149,31 +251,46 @@ def run_task(ctx: OperationContext, pve: ProxmoxClient, start: Callable[[], str]
     return True
 
 
-def container_power(pve: ProxmoxClient, inst: ContainerInstance) -> str | None:
-    status = pve.ct_status(inst.node.name, inst.vmid)
-    return None if status is None else str(status.get("status"))
+def container_power(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInstance,
+                    ) -> tuple[ContainerInstance, str | None]:
+    """(fresh row, the container's power state) — followed to another node if it moved there;
+    None when no container of ours holds the VMID anywhere in the cluster."""
+    inst, status = _read_following(ctx, pve, inst, pve.ct_status)
+    if status is None:
+        found = whereabouts(ctx, pve, inst)
+        if found.where != Where.MOVED:
+            return found.inst, None
+        inst = found.inst
+        status = pve.ct_status(inst.node.name, inst.vmid)
+    return inst, None if status is None else str(status.get("status"))
 
 
-def container_start(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInstance) -> None:
-    power = container_power(pve, inst)
+def container_start(ctx: OperationContext, pve: ProxmoxClient,
+                    inst: ContainerInstance) -> ContainerInstance:
+    """Start the container (on whichever node it is); returns the fresh row."""
+    inst, power = container_power(ctx, pve, inst)
     if power is None:
-        raise StepError(f"CT {inst.vmid} does not exist on {inst.node.name}", kind="missing")
+        raise StepError(f"CT {inst.vmid} of ours exists nowhere in the cluster", kind="missing")
     if power == PowerState.RUNNING:
-        return
-    run_task(ctx, pve, lambda: pve.ct_start(inst.node.name, inst.vmid),
-             what=f"start CT {inst.vmid}", done=(PveErrorKind.ALREADY_RUNNING,))
-    ctx.note(f"CT {inst.vmid} started")
+        return inst
+    node, vmid = inst.node.name, inst.vmid
+    run_task(ctx, pve, lambda: pve.ct_start(node, vmid),
+             what=f"start CT {vmid}", done=(PveErrorKind.ALREADY_RUNNING,))
+    ctx.note(f"CT {vmid} started")
+    return inst
 
 
-def container_stop(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInstance) -> None:
+def container_stop(ctx: OperationContext, pve: ProxmoxClient,
+                   inst: ContainerInstance) -> ContainerInstance:
     """Let the game save, shut the container down cleanly, and stop it hard only if the clean
-    shutdown does not finish in time. A missing container counts as stopped."""
-    power = container_power(pve, inst)
+    shutdown does not finish in time. A container of ours that exists nowhere in the cluster
+    counts as stopped; one that moved is stopped where it is. Returns the fresh row."""
+    inst, power = container_power(ctx, pve, inst)
     if power is None:
-        ctx.note(f"CT {inst.vmid} does not exist; nothing to stop")
-        return
+        ctx.note(f"CT {inst.vmid} of ours exists nowhere in the cluster; nothing to stop")
+        return inst
     if power != PowerState.RUNNING:
-        return
+        return inst
     ask_game_to_stop(ctx, inst)
     node, vmid = inst.node.name, inst.vmid
     try:
@@ -182,34 +299,52 @@ def container_stop(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerIns
                                on_tick=ctx.renew)
         if result.ok:
             ctx.note(f"CT {vmid} shut down")
-            return
+            return inst
         ctx.note(f"clean shutdown did not finish ({result.exitstatus}); stopping hard")
     except ProxmoxError as err:
         if err.kind in _GONE_OR_STOPPED:
-            return
+            return inst
         if not err.retryable:
             raise
         ctx.note(f"shutdown failed ({err.message}); stopping hard")
     if run_task(ctx, pve, lambda: pve.ct_stop(node, vmid), what=f"stop CT {vmid}",
                 done=_GONE_OR_STOPPED):
         ctx.note(f"CT {vmid} stopped hard")
+    return inst
 
 
-def container_destroy(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInstance) -> None:
-    """Destroy with purge; "does not exist" counts as done. A foreign container on the VMID is
-    never destroyed."""
+def container_destroy(ctx: OperationContext, pve: ProxmoxClient,
+                      inst: ContainerInstance) -> ContainerInstance:
+    """Destroy with purge, on whichever node the container is now; absent from the whole
+    cluster counts as done. A foreign guest on the VMID is never destroyed. Returns the fresh
+    row."""
+    inst, _where, cfg = _config_anywhere(ctx, pve, inst)
     node, vmid = inst.node.name, inst.vmid
-    cfg = _settled_config(ctx, pve, node, vmid)
     if cfg is None:
-        ctx.note(f"CT {vmid} does not exist; nothing to destroy")
-        return
+        ctx.note(f"CT {vmid} exists nowhere in the cluster; nothing to destroy")
+        return inst
     if not is_ours(cfg, inst):
-        ctx.note(f"CT {vmid} is not ours; left alone")
-        return
-    if container_power(pve, inst) == PowerState.RUNNING:
+        ctx.note(f"VMID {vmid} holds a guest that is not ours; left alone")
+        return inst
+    if (pve.ct_status(node, vmid) or {}).get("status") == PowerState.RUNNING:
         run_task(ctx, pve, lambda: pve.ct_stop(node, vmid), what=f"stop CT {vmid}",
                  done=_GONE_OR_STOPPED)
-    if not run_task(ctx, pve, lambda: pve.ct_destroy(node, vmid), what=f"destroy CT {vmid}",
-                    done=(PveErrorKind.NOT_FOUND,)):
-        return
-    ctx.note(f"CT {vmid} destroyed")
+    if run_task(ctx, pve, lambda: pve.ct_destroy(node, vmid), what=f"destroy CT {vmid}",
+                done=(PveErrorKind.NOT_FOUND,)):
+        ctx.note(f"CT {vmid} destroyed on {node}")
+    return inst
+
+
+def nothing_of_ours_left(ctx: OperationContext, pve: ProxmoxClient,
+                         inst: ContainerInstance) -> None:
+    """Before any allocation of the server is released: no container carrying its tag may
+    exist anywhere in the cluster — on any node, under any VMID. Otherwise its IP and port
+    would be handed to a new server while it still runs. Fails retryably, naming what is left;
+    if Proxmox cannot be listed the ProxmoxError goes up (retryable): unknown is not absent."""
+    left = [r for r in pve.cluster_resources() if _carries_our_tag(r, inst)]
+    if left:
+        where = ", ".join(f"CT {r.get('vmid')} on {r.get('node')}" for r in left)
+        raise StepError(f"{where} still carries the tag of {inst.slug}; its VMID, IP and "
+                        "ports stay allocated until no container of it is left",
+                        retryable=True, kind="still_present")
+    ctx.note("no container of ours left anywhere in the cluster")
