@@ -139,16 +139,23 @@ def allocation_release_to_quarantine(*, instance_id: Any) -> int:
         quarantine_until=db_after(settings.ZLH_QUARANTINE_SECONDS))
 
 
-def allocation_release_quarantined(*, present_vmids: set[int] | None) -> dict[str, int]:
-    """Free quarantined values whose quarantine is over. VMIDs need Proxmox's word too:
-    `present_vmids` is what /cluster/resources lists (None = Proxmox unknown: keep VMIDs)."""
+def allocation_release_quarantined(*, present_vmids: set[int] | None,
+                                   present_owners: set[str] | None = None) -> dict[str, int]:
+    """Free quarantined values whose quarantine is over, with Proxmox's word for each: what
+    /cluster/resources lists (`present_vmids`) and the servers whose tag a container there
+    carries (`present_owners`). A value of a server that still has a container anywhere in the
+    cluster is kept — its IP and port would otherwise go to a new server while the old one
+    runs (a container migrated away, a purge that destroyed nothing) — and so is a VMID that
+    is still listed. Proxmox unknown (`present_vmids` None): nothing is freed (unknown is not
+    absent)."""
+    if present_vmids is None:
+        return {"freed": 0, "vmids_freed": 0, "held": 0}
     due = Allocation.objects.filter(state=AllocationState.QUARANTINED, quarantine_until__lte=Now())
+    held = due.filter(instance_id__in=list(present_owners or ())).count()
+    due = due.exclude(instance_id__in=list(present_owners or ()))
     freed = due.exclude(pool__kind=PoolKind.VMID).update(
         state=AllocationState.FREE, instance=None, role="", quarantine_until=None)
-    vmids = 0
-    if present_vmids is not None:
-        vmid_rows = due.filter(pool__kind=PoolKind.VMID)
-        vmids = vmid_rows.exclude(value__in=present_vmids).update(
-            state=AllocationState.FREE, instance=None, role="", quarantine_until=None,
-            verified_absent_at=Now())
-    return {"freed": freed, "vmids_freed": vmids}
+    vmids = due.filter(pool__kind=PoolKind.VMID).exclude(value__in=present_vmids).update(
+        state=AllocationState.FREE, instance=None, role="", quarantine_until=None,
+        verified_absent_at=Now())
+    return {"freed": freed, "vmids_freed": vmids, "held": held}

@@ -17,11 +17,12 @@ from django.utils import timezone
 from notifications.services import notify_warning
 
 from core.clock import db_before
+from core.ownership import owners_from_tags
 
 from ..choices import DesiredState, InstanceStatus, OperationKind
 from ..choices import OperationState as O
 from ..errors import LifecycleError, TransitionConflict
-from ..clients.proxmox import ProxmoxClient, ProxmoxError
+from ..clients.proxmox import ProxmoxClient, ProxmoxError, parse_tags
 from ..models import ContainerInstance, Operation
 from ..services.actions import server_request
 from ..services.allocations import allocation_release_quarantined
@@ -132,11 +133,15 @@ def server_purge_due(*, limit: int = 100) -> int:
 
 
 def quarantine_release() -> dict[str, Any]:
-    """Free values whose quarantine is over; VMIDs only if Proxmox confirms they are absent."""
+    """Free values whose quarantine is over, with Proxmox's word: VMIDs only if no guest holds
+    them, and nothing of a server a container carrying its tag still exists for, on any node.
+    Proxmox unknown: nothing is freed."""
     try:
         resources = ProxmoxClient.from_settings().cluster_resources()
-        present: set[int] | None = {int(r["vmid"]) for r in resources if "vmid" in r}
     except ProxmoxError as exc:
-        logger.warning("quarantine: Proxmox unknown (%s); VMIDs stay quarantined", exc)
-        present = None
-    return allocation_release_quarantined(present_vmids=present)
+        logger.warning("quarantine: Proxmox unknown (%s); everything stays quarantined", exc)
+        return allocation_release_quarantined(present_vmids=None)
+    present = {int(r["vmid"]) for r in resources if "vmid" in r}
+    owners = {owner for r in resources if r.get("type") == "lxc"
+              for owner in owners_from_tags(parse_tags(r.get("tags")))}
+    return allocation_release_quarantined(present_vmids=present, present_owners=owners)

@@ -122,8 +122,10 @@ def test_quarantine_keeps_a_vmid_proxmox_still_shows(stack, worker, owner):
     Allocation.objects.filter(instance=inst).update(
         state="quarantined", quarantine_until=timezone.now() - timedelta(seconds=1))
     result = quarantine_release()
-    assert result["vmids_freed"] == 0 and result["freed"] == 2  # IP and port freed
-    assert Allocation.objects.get(pool__kind="vmid", value=inst.vmid).state == "quarantined"
+    # Its container (carrying its tag) still runs: not even its IP and port are freed.
+    assert result["vmids_freed"] == 0 and result["freed"] == 0 and result["held"] == 3
+    assert set(Allocation.objects.filter(instance=inst).values_list("state", flat=True)) == {
+        "quarantined"}
 
 
 def test_delete_when_the_container_is_already_gone_succeeds(stack, worker, owner):

@@ -19,7 +19,7 @@ from ..context import OperationContext
 from ..errors import StepError
 from ..steps import Step
 from ..steps.edge import unpublish_step
-from ..steps.proxmox import container_destroy, proxmox
+from ..steps.proxmox import container_destroy, nothing_of_ours_left, proxmox
 from ..steps.status import begin, finish, record_failure, server_facts, settle_on_failure
 from . import Flow
 from .power import start_steps, stop_steps
@@ -54,9 +54,13 @@ def _run_restore(ctx: OperationContext) -> None:
 
 def _run_purge(ctx: OperationContext) -> None:
     begin(ctx)
-    container_destroy(ctx, proxmox(), ctx.instance())
+    pve = proxmox()
+    container_destroy(ctx, pve, ctx.instance())  # on whichever node it is now
+    # Nothing is released while a container carrying the server's tag exists anywhere: its IP
+    # and port would go to a new server while it still runs. Unknown is not absent either.
+    nothing_of_ours_left(ctx, pve, ctx.instance())
     ctx.checkpoint(Step.DESTROYED, "container gone")
-    inst = ctx.instance()
+    inst = ctx.instance()  # its node (memory given back) is where the container last was
     with transaction.atomic():
         released = allocation_release_to_quarantine(instance_id=inst.id)
         if inst.node_id:
