@@ -88,6 +88,10 @@ class BulkObservation:
     #: Source -> Health (unknown: its listing failed, so no verdicts or findings from it).
     sources: dict[str, str]
     calls: dict[str, int]
+    #: Every Velocity registration we own (our forced host `<name>.<EDGE_ZONE>`), by name,
+    #: whether or not its server is among the targets: a stopped or deleted server must not
+    #: have one, and only a full view finds it. Empty when Velocity is unknown.
+    registrations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class EdgeClients:
@@ -262,15 +266,17 @@ def observe_edge_bulk(targets: Iterable[EdgeTarget], *,
                 orphans.append({"source": Source.TECHNITIUM, "type": r.get("type"), "name": name,
                                 "owner": owner,
                                 "ip": (r.get("rData") or {}).get("ipAddress")})
-    for name, reg in (vel or {}).items():
-        # Velocity registrations carry no comment: ours are the ones with our forced host
-        # `<name>.<zone>`. Anything else (the operator's lobby, a hand-made entry) is not ours,
-        # never an orphan, never deleted.
-        if name not in known_slugs and velocity_registration_is_ours(name, reg):
+    # Velocity registrations carry no comment: ours are the ones with our forced host
+    # `<name>.<zone>`. Anything else (the operator's lobby, a hand-made entry) is not ours,
+    # never an orphan, never deleted.
+    registrations = {name: reg for name, reg in (vel or {}).items()
+                     if velocity_registration_is_ours(name, reg)}
+    for name, reg in registrations.items():
+        if name not in known_slugs:
             orphans.append({"source": Source.VELOCITY, "name": name,
                             "address": reg.get("address")})
     return BulkObservation(by_server=by_server, orphans=orphans, sources=sources,
-                           calls=clients.calls())
+                           calls=clients.calls(), registrations=registrations)
 
 
 # --- publish / unpublish ------------------------------------------------------------------------
@@ -385,6 +391,26 @@ def velocity_unregister(target: EdgeTarget, *, clients: EdgeClients | None = Non
         clients.velocity.unregister(target.slug)
         if report is not None:
             report.actions.append(f"unregistered {target.slug}")
+
+
+def velocity_registration_ours(name: str, *, clients: EdgeClients | None = None,
+                               ) -> dict[str, Any] | None:
+    """The registration under `name` if it is ours (our forced host), else None."""
+    clients = clients or EdgeClients()
+    current = _index_velocity(clients.velocity.servers()).get(name.lower())
+    if current is None or not velocity_registration_is_ours(name, current):
+        return None
+    return current
+
+
+def velocity_unregister_ours(name: str, *, clients: EdgeClients | None = None) -> bool:
+    """Remove the registration under `name` whatever its address, but only if it is ours (our
+    forced host): a stale one of a stopped or deleted server. One that is not ours (the
+    operator's lobby) is never touched. Returns whether one was removed."""
+    clients = clients or EdgeClients()
+    if velocity_registration_ours(name, clients=clients) is None:
+        return False
+    return clients.velocity.unregister(name)
 
 
 def velocity_resync(targets: Iterable[EdgeTarget], *,

@@ -10,6 +10,9 @@ class FindingType(models.TextChoices):
     STALE_OPERATION = "stale_operation", "Stale operation"
     STUCK_TRANSITION = "stuck_transition", "Stuck transition"
     CONTAINER_MISSING = "container_missing", "Container missing"
+    #: Ours, under the server's VMID, on another node than the row says (Proxmox HA, a
+    #: manual migration): not missing, only moved.
+    CONTAINER_MOVED = "container_moved", "Container moved to another node"
     ORPHAN_CONTAINER = "orphan_container", "Orphan container"
     VMID_CONFLICT = "vmid_conflict", "VMID conflict"
     POWER_DRIFT = "power_drift", "Power drift"
@@ -28,6 +31,8 @@ class Action(models.TextChoices):
     EDGE_REPUBLISH = "edge_republish", "Republish edge"
     DNS_REPUBLISH = "dns_republish", "Republish DNS"
     VELOCITY_REGISTER = "velocity_register", "Register with Velocity"
+    VELOCITY_UNREGISTER = "velocity_unregister", "Unregister from Velocity"
+    RECORD_MOVE = "record_move", "Record the container's new node"
     START_CONTAINER = "start_container", "Start container"
     STOP_CONTAINER = "stop_container", "Stop container"
     RECREATE_CONTAINER = "recreate_container", "Recreate container"
@@ -44,6 +49,10 @@ ACTION_LEVEL = {
     Action.EDGE_REPUBLISH: 1,
     Action.DNS_REPUBLISH: 1,
     Action.VELOCITY_REGISTER: 1,
+    # What a stop or delete does itself: nothing is destroyed.
+    Action.VELOCITY_UNREGISTER: 1,
+    # Only the row changes (node, memory accounting), to follow what Proxmox already did.
+    Action.RECORD_MOVE: 1,
     Action.START_CONTAINER: 1,
     Action.STOP_CONTAINER: 1,
     Action.RECREATE_CONTAINER: 2,

@@ -18,7 +18,7 @@ from lifecycle.choices import TRANSIENT_STATUSES, DesiredState, InstanceStatus, 
 from lifecycle.clients.proxmox import PowerState, parse_tags
 
 from .choices import ACTION_LEVEL, Action, FindingType
-from .observe import CONTAINER_EXPECTED, ObservedSource, World
+from .observe import CONTAINER_EXPECTED, NOT_REGISTERED, ObservedSource, World
 
 S = InstanceStatus
 
@@ -62,6 +62,7 @@ def diff(world: World) -> list[FindingSpec]:
         _orphan_containers(world, out)
     if world.edge is not None:
         _edge_drift(world, out)
+        _stale_registrations(world, out)
         _edge_orphans(world, out)
     return out
 
@@ -126,6 +127,15 @@ def _container(iid: str, inst: dict[str, Any], ct: dict[str, Any] | None,
     if ct is not None and iid not in owners_from_tags(parse_tags(ct.get("tags"))):
         out.append(FindingSpec(FindingType.VMID_CONFLICT, Action.NOTIFY, f"vmid-{inst['vmid']}",
                                iid, {**facts, "tags": ct.get("tags", "")}))
+        return False
+    moved_to = ct.get("node") if ct is not None else None
+    if moved_to and moved_to != inst["node__name"]:
+        # Ours, under its VMID (unique cluster-wide), on another node: moved (HA, a manual
+        # migration), not missing. Recording the move comes first; the other checks judge
+        # the container where it is in the next cycle.
+        out.append(FindingSpec(FindingType.CONTAINER_MOVED, Action.RECORD_MOVE, iid, iid,
+                               {**facts, "observed_node": moved_to,
+                                "observed": ct.get("status")}))
         return False
     if ct is None:
         if status in CONTAINER_EXPECTED and status not in (S.DELETED, S.RESTORING):
@@ -208,6 +218,24 @@ def _edge_drift(world: World, out: list[FindingSpec]) -> None:
                   else Action.DNS_REPUBLISH if dns else Action.VELOCITY_REGISTER)
         out.append(FindingSpec(FindingType.EDGE_DRIFT, action, iid, iid,
                                {"parts": broken, "slug": inst["slug"]}))
+
+
+def _stale_registrations(world: World, out: list[FindingSpec]) -> None:
+    """Velocity registrations of ours for a server that must not have one (stopped, deleted,
+    failed…): players would be sent to a backend that does not answer. Those of a server that
+    does not exist are orphans (below); those of a busy server belong to its operation."""
+    if not _healthy(world, Source.VELOCITY):
+        return
+    by_slug = {inst["slug"].lower(): (iid, inst) for iid, inst in world.instances.items()}
+    for name, reg in world.edge.registrations.items():
+        iid, inst = by_slug.get(name.lower(), (None, None))
+        if inst is None or inst["maintenance_lock"] or iid in world.active_ops:
+            continue
+        if inst["status"] in NOT_REGISTERED:
+            out.append(FindingSpec(FindingType.EDGE_DRIFT, Action.VELOCITY_UNREGISTER,
+                                   f"{iid}:velocity", iid,
+                                   {"slug": inst["slug"], "status": inst["status"],
+                                    "registration": name, "address": reg.get("address")}))
 
 
 def _edge_orphans(world: World, out: list[FindingSpec]) -> None:

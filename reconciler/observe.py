@@ -43,6 +43,13 @@ CONTAINER_EXPECTED = frozenset({
     InstanceStatus.STOPPING, InstanceStatus.RESTARTING, InstanceStatus.MISSING,
     InstanceStatus.DELETED, InstanceStatus.RESTORING,
 })
+#: Statuses in which a server must not be registered with Velocity: a stop unregisters it
+#: first, a delete unpublishes it, and nothing answers players in the others. (Servers in a
+#: transient status belong to the operation at work, or to the stuck-transition check.)
+NOT_REGISTERED = frozenset({
+    InstanceStatus.PENDING, InstanceStatus.STOPPED, InstanceStatus.FAILED,
+    InstanceStatus.MISSING, InstanceStatus.DELETED,
+})
 INSTANCE_FIELDS = ("id", "slug", "kind", "status", "desired_state", "suspended",
                    "maintenance_lock", "node__name", "vmid", "ip", "ports", "status_changed_at",
                    "purge_after")
@@ -125,6 +132,9 @@ def _observe_proxmox(world: World) -> None:
 
 
 def _observe_edge(world: World) -> None:
+    """One listing per edge source. Verdicts for the running game servers (the targets); and
+    every Velocity registration we own, whatever its server's status (`registrations`): a
+    stopped or deleted server's registration is only found with the full view."""
     targets = []
     for inst in world.instances.values():
         if inst["kind"] == Kind.GAME and inst["status"] == InstanceStatus.RUNNING:

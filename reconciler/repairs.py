@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 
 from core.clock import db_now
 from core.errors import ExternalError
@@ -21,6 +22,8 @@ from edge.services import (
     edge_republish,
     observe_edge_state,
     velocity_registration_is_ours,
+    velocity_registration_ours,
+    velocity_unregister_ours,
 )
 from lifecycle.choices import (
     ACTIVE_OPERATION_STATES,
@@ -37,12 +40,14 @@ from lifecycle.models import ContainerInstance, Operation
 from lifecycle.services.actions import server_request
 from lifecycle.services.audit import Actor
 from lifecycle.services.edge import edge_target_for
+from lifecycle.services.moves import UnknownNode, server_record_move
 from lifecycle.statemachines.instance import can_transition, instance_transition
 from lifecycle.statemachines.operation import operation_mark_stale
 
 from .choices import Action, RepairState
 from .lease import FencedOut, current_epoch, fenced
 from .models import RepairEvent
+from .observe import NOT_REGISTERED
 
 S = InstanceStatus
 logger = logging.getLogger(__name__)
@@ -67,6 +72,16 @@ def _instance(event: RepairEvent) -> ContainerInstance:
     return inst
 
 
+def _locked_instance(event: RepairEvent) -> ContainerInstance:
+    """The server row, locked until the caller's transaction ends: a new operation (which
+    locks the row first, `server_request`) waits until the repair has acted, so "no operation
+    is active" stays true while it acts. Call inside `transaction.atomic()`."""
+    inst = ContainerInstance.objects.select_for_update().filter(pk=event.instance_id).first()
+    if inst is None:
+        raise Skip("the server is gone")
+    return inst
+
+
 def _active_op(inst: ContainerInstance) -> Operation | None:
     return Operation.objects.filter(instance=inst, state__in=ACTIVE_OPERATION_STATES).first()
 
@@ -77,11 +92,28 @@ def _require_current(epoch: int) -> None:
         raise FencedOut(f"epoch {epoch} is no longer current")
 
 
+def _ours_in_cluster(pve: ProxmoxClient, inst: ContainerInstance) -> dict[str, Any] | None:
+    """The cluster's row for the server's VMID if it is a container carrying its tag (on any
+    node), else None."""
+    for res in pve.cluster_resources():
+        if int(res.get("vmid", -1)) == inst.vmid:
+            ours = str(inst.id) in owners_from_tags(parse_tags(res.get("tags")))
+            return res if ours and res.get("type") == "lxc" else None
+    return None
+
+
 def _power(inst: ContainerInstance) -> tuple[str | None, bool]:
-    """(Proxmox power state or None if absent, whether the container is ours)."""
+    """(Proxmox power state or None if absent, whether the container is ours). Absent from the
+    server's node is only believed once the whole cluster agrees: a container of ours on
+    another node is a move to record first (`record_move`), never a reason to call the server
+    missing or to recreate it."""
     pve = ProxmoxClient.from_settings()
     cfg = pve.ct_config(inst.node.name, inst.vmid) if inst.vmid and inst.node_id else None
     if cfg is None:
+        moved = _ours_in_cluster(pve, inst) if inst.vmid else None
+        if moved is not None:
+            raise Skip(f"the container is on node {moved.get('node')}, not "
+                       f"{inst.node.name if inst.node_id else '-'}: its move is recorded first")
         return None, False
     status = pve.ct_status(inst.node.name, inst.vmid) or {}
     return status.get("status"), str(inst.id) in owners_from_tags(parse_tags(cfg.get("tags")))
@@ -135,7 +167,10 @@ def clear_stale_operation_lock(event: RepairEvent, actor: Actor) -> Outcome:
                           and op.lease_expires_at < stale):
         raise Skip("no stale operation any more")
     before = {"operation": str(op.id), "state": op.state, "status": inst.status}
-    target = _sync_target(inst) if inst.status in TRANSIENT_STATUSES else None
+    try:
+        target = _sync_target(inst) if inst.status in TRANSIENT_STATUSES else None
+    except Skip:
+        target = None  # the container moved: the status is synced once the move is recorded
     with fenced(event.epoch):
         operation_mark_stale(operation_id=op.id, lease_expired_before=stale,
                              reason=f"cleared by {actor.label}")
@@ -171,21 +206,72 @@ def sync_status(event: RepairEvent, actor: Actor) -> Outcome:
 
 def _edge_repair(parts: tuple[str, ...]) -> Callable[[RepairEvent, Actor], Outcome]:
     def repair(event: RepairEvent, actor: Actor) -> Outcome:
-        inst = _instance(event)
-        target = edge_target_for(inst)
-        if inst.status != S.RUNNING or target is None or _active_op(inst) is not None:
-            raise Skip("the server is not a running game server (or is busy)")
         clients = EdgeClients()
-        before = observe_edge_state(target, clients=clients).parts
-        if all(before.get(p) == Verdict.OK for p in parts):
-            raise Skip("the edge is right again")
-        _require_current(event.epoch)
-        report = edge_republish(target, clients=clients)
+        # The server's row stays locked from the check to the act: an operation requested
+        # meanwhile (a stop unregistering from Velocity) waits for the repair instead of
+        # having its work undone by it. The calls are bounded by the clients' timeouts.
+        with transaction.atomic():
+            inst = _locked_instance(event)
+            target = edge_target_for(inst)
+            if inst.status != S.RUNNING or target is None or _active_op(inst) is not None:
+                raise Skip("the server is not a running game server (or is busy)")
+            before = observe_edge_state(target, clients=clients).parts
+            if all(before.get(p) == Verdict.OK for p in parts):
+                raise Skip("the edge is right again")
+            _require_current(event.epoch)
+            report = edge_republish(target, clients=clients)
         after = report.observed.parts if report.observed else {}
         ok = all(after.get(p) == Verdict.OK for p in parts)
         return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
                        reason="; ".join(report.problems)[:300], before=before, after=after)
     return repair
+
+
+def velocity_unregister(event: RepairEvent, actor: Actor) -> Outcome:
+    """A stopped, deleted (…) server still registered with Velocity: unregistered, like its
+    stop or delete would have. Only a registration of ours (our forced host) is touched."""
+    clients = EdgeClients()
+    with transaction.atomic():  # the row stays locked until it is done (see _edge_repair)
+        inst = _locked_instance(event)
+        if (inst.status not in NOT_REGISTERED or inst.maintenance_lock
+                or _active_op(inst) is not None):
+            raise Skip(f"the server is {inst.status} (or busy): its registration is its own")
+        _require_current(event.epoch)
+        removed = velocity_unregister_ours(inst.slug, clients=clients)
+    still = velocity_registration_ours(inst.slug, clients=clients)
+    if not removed and still is None:
+        raise Skip("no registration of ours any more")
+    return Outcome(RepairState.FAILED if still else RepairState.SUCCEEDED,
+                   before={"registered": True, "status": inst.status},
+                   after={"registered": still is not None})
+
+
+def record_move(event: RepairEvent, actor: Actor) -> Outcome:
+    """The container is ours, on another node than the row says: the row follows it (node,
+    memory accounting, audit) — nothing in Proxmox is touched. The operator heard about it
+    through the finding's alert, which the move shares, so once."""
+    inst = _instance(event)
+    pve = ProxmoxClient.from_settings()
+    found = _ours_in_cluster(pve, inst) if inst.vmid else None
+    if found is None:
+        raise Skip("no container of ours holds the server's VMID any more")
+    node = str(found.get("node"))
+    before = {"node": inst.node.name if inst.node_id else None, "observed_node": node}
+    if before["node"] == node:
+        raise Skip(f"the server already names node {node}")
+    try:
+        with fenced(event.epoch):
+            server_record_move(instance_id=inst.id, to_node=node, actor=actor,
+                               seen_by=actor.label,
+                               alert_key=f"finding:{event.finding_type}:{event.subject}")
+    except UnknownNode as exc:
+        return Outcome(RepairState.FAILED, reason=exc.message, before=before)
+    inst = _instance(event)
+    seen = _ours_in_cluster(pve, inst)  # post-check: still there, where the row says now
+    after = {"node": inst.node.name, "observed_node": seen.get("node") if seen else None}
+    ok = seen is not None and after["node"] == after["observed_node"] == node
+    return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED, before=before,
+                   after=after)
 
 
 def _enforce_power(event: RepairEvent, actor: Actor, *, desired: str, kind: str,
@@ -204,8 +290,8 @@ def _enforce_power(event: RepairEvent, actor: Actor, *, desired: str, kind: str,
                                 actor=actor, action="reconciler:sync_status")
         op = server_request(instance_id=inst.id, kind=kind, actor=actor)
     op = _wait_operation(op)
+    inst.refresh_from_db()  # the operation may have followed the container to another node
     power, _ = _power(inst)
-    inst.refresh_from_db()
     ok = (op.state == OperationState.SUCCEEDED and power == goal
           and inst.status == _STATUS_OF[goal])
     return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
@@ -280,11 +366,17 @@ def delete_edge_orphan(event: RepairEvent, actor: Actor) -> Outcome:
         still = any((r.get("rData") or {}).get("ipAddress") == orphan["ip"]
                     for r in clients.technitium.records(orphan["name"]))
     else:
-        current = next((s for s in clients.velocity.servers()
-                        if s.get("name", "").lower() == orphan["name"].lower()), None)
-        if current is not None and not velocity_registration_is_ours(orphan["name"], current):
-            raise Skip("the registration is not ours (never touched)")
-        found = clients.velocity.unregister(orphan["name"])
+        with transaction.atomic():
+            # A server that took the name since the cycle looked owns the registration now.
+            if ContainerInstance.objects.select_for_update().filter(
+                    live_slug=orphan["name"].lower()).exists():
+                raise Skip("a server of that name exists now (its registration is its own)")
+            current = next((s for s in clients.velocity.servers()
+                            if s.get("name", "").lower() == orphan["name"].lower()), None)
+            if current is not None and not velocity_registration_is_ours(orphan["name"],
+                                                                         current):
+                raise Skip("the registration is not ours (never touched)")
+            found = clients.velocity.unregister(orphan["name"])
         still = any(s["name"] == orphan["name"] for s in clients.velocity.servers())
     if not found and not still:
         raise Skip("already gone")
@@ -311,6 +403,8 @@ REPAIRS: dict[str, Callable[[RepairEvent, Actor], Outcome]] = {
     Action.EDGE_REPUBLISH: _edge_repair(PARTS),
     Action.DNS_REPUBLISH: _edge_repair(DNS_PARTS),
     Action.VELOCITY_REGISTER: _edge_repair((Part.VELOCITY,)),
+    Action.VELOCITY_UNREGISTER: velocity_unregister,
+    Action.RECORD_MOVE: record_move,
     Action.START_CONTAINER: start_container,
     Action.STOP_CONTAINER: stop_container,
     Action.RECREATE_CONTAINER: recreate_container,
