@@ -3,6 +3,15 @@ controls on the same HTTPS port.
 
 Beyond the shared faults: a node offline, a held config lock, a task that ends in `TASK ERROR`,
 the time scale, and a read-only view of the containers for tests.
+
+Moving a container between nodes, two ways:
+- PVE's own `POST /nodes/{node}/lxc/{vmid}/migrate` (`target`, and `restart=1` for a running
+  container) is fakepve's: a `vzmigrate` task that holds the `migrate` lock, shuts a running
+  container down, moves it and starts it again on the target — what an operator's
+  `pct migrate` does.
+- `POST /_sim/containers/{vmid}/migrate {"node": "pve2"}` moves it at once, power state kept,
+  no task and no lock, even while its old node is offline: what Proxmox HA leaves behind once
+  it has recovered a container from a lost node (404 for an unknown guest or node).
 """
 from __future__ import annotations
 
@@ -89,7 +98,21 @@ class DevPve(FakePve):
         r.add_post("/_sim/time-scale", self._sim_time_scale)
         r.add_get("/_sim/containers", self._sim_containers)
         r.add_post("/_sim/containers", self._sim_add_containers)
+        r.add_post("/_sim/containers/{vmid}/migrate", self._sim_migrate)
         return app
+
+    async def _sim_migrate(self, request: web.Request) -> web.Response:
+        """Move a container to another node at once (an HA recovery; see the docstring)."""
+        vmid = int(request.match_info["vmid"])
+        node = str((await request.json()).get("node", ""))
+        ct = self.ct(vmid)
+        if ct is None:
+            return json_response({"error": f"no container {vmid}"}, 404)
+        if node not in self.nodes:
+            return json_response({"error": f"no node {node}"}, 404)
+        moved_from, ct.node = ct.node, node
+        return json_response({"vmid": vmid, "from": moved_from, "node": node,
+                              "status": ct.status})
 
     async def _sim_offline(self, request: web.Request) -> web.Response:
         node = request.match_info["node"]
