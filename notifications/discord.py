@@ -7,6 +7,8 @@ from typing import Any
 
 import requests
 
+from core.http import BadAnswer, bounded_session
+
 from .choices import COLOURS, RESOLVED_COLOUR, Channel, Kind
 
 # Discord's limits (developers/resources/message: embed limits).
@@ -92,25 +94,55 @@ class SendResult:
     detail: str = ""
 
 
-def send(url: str, message: dict[str, Any], *, timeout: float) -> SendResult:
-    """POST the message (`?wait=true`, so Discord confirms it saved it). Never raises."""
+#: The longest wait a 429 can ask for that we honour; beyond it the value is nonsense.
+MAX_RETRY_AFTER = 3600.0
+
+
+def _seconds(*candidates: Any) -> float:
+    """The first candidate that is a number of seconds, within [0, MAX_RETRY_AFTER]; 1 if none."""
+    for value in candidates:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            continue
+        if seconds == seconds:  # not NaN
+            return min(MAX_RETRY_AFTER, max(0.0, seconds))
+    return 1.0
+
+
+def send(url: str, message: dict[str, Any], *, timeout: float,
+         max_bytes: int = 256 * 1024) -> SendResult:
+    """POST the message (`?wait=true`, so Discord confirms it saved it). Never raises: any
+    answer, however malformed, becomes a SendResult."""
+    session = bounded_session(max_bytes=max_bytes)
     try:
-        resp = requests.post(url, params={"wait": "true"}, json=message, timeout=timeout)
+        resp = session.post(url, params={"wait": "true"}, json=message, timeout=timeout)
+    except BadAnswer as exc:
+        return SendResult("retry", detail=f"bad answer: {exc}"[:300])
     except requests.exceptions.RequestException as exc:
         return SendResult("retry", detail=f"{exc.__class__.__name__}")
+    finally:
+        session.close()
     try:
         body = resp.json() if resp.content else {}
     except ValueError:
         body = {}
+    if not isinstance(body, dict):
+        body = {}
     if 200 <= resp.status_code < 300:
-        return SendResult("sent", message_id=str(body.get("id", "")))
+        # `?wait=true` answers the saved message: without its id, Discord's "yes" is not a
+        # confirmation, and sending again (a possible duplicate) is the side that loses nothing.
+        message_id = body.get("id")
+        if isinstance(message_id, str | int) and str(message_id).isdigit():
+            return SendResult("sent", message_id=str(message_id)[:32])
+        return SendResult("retry", detail=f"HTTP {resp.status_code} without a message id")
     if resp.status_code == 429:
-        wait = body.get("retry_after") if isinstance(body, dict) else None
-        wait = float(wait if wait is not None else resp.headers.get("Retry-After") or 1)
-        return SendResult("rate_limited", retry_after=max(0.0, wait),
-                          detail=f"429 scope={resp.headers.get('X-RateLimit-Scope', '?')}")
-    code = body.get("code") if isinstance(body, dict) else None
-    detail = f"HTTP {resp.status_code} code {code}: {body.get('message', '') if isinstance(body, dict) else ''}"
+        wait = _seconds(body.get("retry_after"), resp.headers.get("Retry-After"))
+        scope = str(resp.headers.get("X-RateLimit-Scope", "?"))[:20]
+        return SendResult("rate_limited", retry_after=wait, detail=f"429 scope={scope}")
+    code = body.get("code")
+    code = code if isinstance(code, int) else None
+    detail = f"HTTP {resp.status_code} code {code}: {str(body.get('message', ''))[:200]}"
     if resp.status_code == 404 or code in (10015, 50027) or resp.status_code == 401:
         return SendResult("webhook_gone", detail=detail)
     if resp.status_code == 400:

@@ -187,7 +187,8 @@ def channel_send(channel: str) -> dict[str, Any]:
             if not url:
                 Notification.objects.filter(pk=row.pk).update(state=DeliveryState.UNCONFIGURED)
                 continue
-            result = discord.send(url, _message(row), timeout=settings.DISCORD_TIMEOUT)
+            result = discord.send(url, _message(row), timeout=settings.DISCORD_TIMEOUT,
+                                  max_bytes=settings.DISCORD_MAX_ANSWER_BYTES)
             if not _apply(channel, row, result, owner):
                 return {"channel": channel, "sent": sent, "stopped": result.outcome}
             sent += result.outcome == "sent"

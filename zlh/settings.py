@@ -338,6 +338,17 @@ RECONCILER_AGENT_TIMEOUT = env.float("RECONCILER_AGENT_TIMEOUT", default=2.0)
 RECONCILER_CRASH_LOOP_THRESHOLD = env.int("RECONCILER_CRASH_LOOP_THRESHOLD", default=3)
 
 # ---------------------------------------------------------------------------------------------
+# Answers from outside systems (core/http.py): the largest body read from each, in bytes. Each
+# call's timeout above is also its deadline for the whole answer, not only per socket read.
+# ---------------------------------------------------------------------------------------------
+PROXMOX_MAX_ANSWER_BYTES = env.int("PROXMOX_MAX_ANSWER_BYTES", default=32 * 1024**2)
+AGENT_MAX_ANSWER_BYTES = env.int("AGENT_MAX_ANSWER_BYTES", default=256 * 1024)
+CLOUDFLARE_MAX_ANSWER_BYTES = env.int("CLOUDFLARE_MAX_ANSWER_BYTES", default=16 * 1024**2)
+TECHNITIUM_MAX_ANSWER_BYTES = env.int("TECHNITIUM_MAX_ANSWER_BYTES", default=64 * 1024**2)
+VELOCITY_MAX_ANSWER_BYTES = env.int("VELOCITY_MAX_ANSWER_BYTES", default=16 * 1024**2)
+DISCORD_MAX_ANSWER_BYTES = env.int("DISCORD_MAX_ANSWER_BYTES", default=256 * 1024)
+
+# ---------------------------------------------------------------------------------------------
 # Misc
 # ---------------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -1,17 +1,47 @@
 """Technitium DNS Server HTTP API. Errors arrive as HTTP 200 with `status: error`: the status
-field, never the HTTP code, says whether a call worked."""
+field, never the HTTP code, says whether a call worked. Answers are checked against the schemas
+below (`{"records": null}` is a `bad_answer`, not an empty zone)."""
 from __future__ import annotations
 
 from typing import Any
+
+import pydantic
+from django.conf import settings
+
+from core.http import Answer, clipped
 
 from ..errors import EdgeError
 from .base import JsonHttp
 
 
+class TechEnvelope(Answer):
+    status: str = pydantic.Field(max_length=32)
+    errorMessage: clipped(300) | None = None
+    response: dict[str, Any] | None = None
+
+
+class TechRData(Answer):
+    ipAddress: str | None = None
+
+
+class TechRecord(Answer):
+    name: str = pydantic.Field(max_length=255)
+    type: str = pydantic.Field(max_length=16)
+    ttl: int | None = None
+    rData: TechRData | None = None
+    comments: str | None = None
+
+
+class TechRecords(Answer):
+    records: list[TechRecord]
+
+
 class TechnitiumClient:
-    def __init__(self, *, base_url: str, token: str, zone: str, timeout: float = 10) -> None:
+    def __init__(self, *, base_url: str, token: str, zone: str, timeout: float = 10,
+                 max_bytes: int | None = None) -> None:
         self.http = JsonHttp(base_url=base_url, token=token, timeout=timeout,
-                             service="technitium")
+                             service="technitium",
+                             max_bytes=max_bytes or settings.TECHNITIUM_MAX_ANSWER_BYTES)
         self.zone = zone
 
     @property
@@ -24,10 +54,11 @@ class TechnitiumClient:
         if status == 404 or not isinstance(body, dict):
             raise EdgeError(f"technitium {action}: HTTP {status}, no API answer",
                             kind="unavailable", retryable=status != 404)
-        state = body.get("status")
+        envelope = self.http.parse(TechEnvelope, body, action)
+        state = envelope.status
         if state == "ok":
-            return body.get("response") or {}
-        message = str(body.get("errorMessage") or state)
+            return envelope.response or {}
+        message = envelope.errorMessage or state
         low = message.lower()
         if state == "invalid-token":
             kind = "auth"
@@ -44,9 +75,12 @@ class TechnitiumClient:
     def records(self, domain: str | None = None) -> list[dict[str, Any]]:
         """Records at `domain`, or the whole zone (one call) when domain is None."""
         if domain is None:
-            return self._call("zones/records/get", domain=self.zone, zone=self.zone,
-                              listZone="true").get("records", [])
-        return self._call("zones/records/get", domain=domain, zone=self.zone).get("records", [])
+            response = self._call("zones/records/get", domain=self.zone, zone=self.zone,
+                                  listZone="true")
+        else:
+            response = self._call("zones/records/get", domain=domain, zone=self.zone)
+        listing = self.http.parse(TechRecords, response, "zones/records/get")
+        return [r.model_dump(exclude_none=True) for r in listing.records]
 
     def add_a(self, domain: str, ip: str, *, ttl: int, comments: str,
               overwrite: bool) -> dict[str, Any]:

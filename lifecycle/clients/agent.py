@@ -1,13 +1,21 @@
-"""The agent inside each container: status, provisioning payload, game start/stop."""
+"""The agent inside each container: status, provisioning payload, game start/stop.
+
+The agent runs inside a tenant's container, next to the tenant's own code: every answer is
+untrusted. Bodies are capped (`AGENT_MAX_ANSWER_BYTES`) and bounded in time, and `/status` is
+checked against `AgentStatus`; an answer of another shape is an AgentError of kind
+`bad_answer`, never a crash of the caller.
+"""
 from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any
 
+import pydantic
 import requests
 from django.conf import settings
 
 from core.errors import ExternalError
+from core.http import Answer, BadAnswer, bounded_session, clipped, json_body, parse
 
 
 class AgentState(StrEnum):
@@ -33,6 +41,31 @@ class AgentErrorKind(StrEnum):
     UNREACHABLE = "unreachable"  # connection refused/reset, timeout
     REJECTED = "rejected"        # 4xx: it refused us (or the request)
     ERROR = "error"              # 5xx
+    BAD_ANSWER = "bad_answer"    # not JSON, the wrong shape, too large or too slow
+
+
+class AgentCrash(Answer):
+    count: pydantic.NonNegativeInt
+    lastAt: float | None = None
+    reason: clipped(500) | None = None
+
+
+class AgentStatus(Answer):
+    """What `/status` must look like (fields the control plane reads)."""
+
+    state: str = pydantic.Field(max_length=32, pattern=r"^[a-z_]+$")
+    provisioningComplete: bool = False
+    ready: bool = False
+    error: clipped(500) | None = None
+    crash: AgentCrash | None = None
+    firstBootAt: float | None = None
+
+
+class AgentReply(Answer):
+    """The answer to a command: an object; its fields are only shown in the operation log."""
+
+    state: clipped(32) | None = None
+    replay: bool = False
 
 
 class AgentError(ExternalError):
@@ -45,7 +78,7 @@ class AgentClient:
     def __init__(self, *, base_url: str, token: str, timeout: float) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.session = requests.Session()
+        self.session = bounded_session(max_bytes=settings.AGENT_MAX_ANSWER_BYTES)
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
         self.calls = 0
@@ -55,37 +88,41 @@ class AgentClient:
         url = settings.AGENT_URL_TEMPLATE.format(ip=ip or "", vmid=vmid or "")
         return cls(base_url=url, token=settings.AGENT_TOKEN, timeout=settings.AGENT_TIMEOUT)
 
-    def _request(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+    def _request(self, method: str, path: str, schema: type[Answer], json: Any = None,
+                 ) -> dict[str, Any]:
+        """The answer, checked against `schema`, as a dict of the fields it declares."""
         self.calls += 1
+        what = f"agent {method} {path}"
         try:
             resp = self.session.request(method, self.base_url + path, json=json,
                                         timeout=self.timeout)
+            if resp.status_code >= 500:
+                raise AgentError(f"{what}: HTTP {resp.status_code}", kind=AgentErrorKind.ERROR,
+                                 retryable=True)
+            if resp.status_code >= 400:
+                # The agent's own words are not repeated: they are the tenant's to write.
+                raise AgentError(f"{what}: HTTP {resp.status_code}",
+                                 kind=AgentErrorKind.REJECTED, retryable=False)
+            body = json_body(resp) if resp.content else {}
+            return parse(schema, body, what=what).model_dump()
+        except BadAnswer as exc:
+            raise AgentError(f"{what}: {exc}", kind=AgentErrorKind.BAD_ANSWER,
+                             retryable=True) from exc
         except requests.exceptions.RequestException as exc:
-            raise AgentError(f"agent {method} {path}: {exc.__class__.__name__}",
+            raise AgentError(f"{what}: {exc.__class__.__name__}",
                              kind=AgentErrorKind.UNREACHABLE, retryable=True) from exc
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {"raw": resp.text[:200]}
-        if resp.status_code >= 500:
-            raise AgentError(f"agent {method} {path}: HTTP {resp.status_code}", kind=AgentErrorKind.ERROR,
-                             retryable=True)
-        if resp.status_code >= 400:
-            raise AgentError(f"agent {method} {path}: HTTP {resp.status_code} {body}",
-                             kind=AgentErrorKind.REJECTED, retryable=False)
-        return resp.status_code, body
 
     def status(self) -> dict[str, Any]:
-        return self._request("GET", "/status")[1]
+        return self._request("GET", "/status", AgentStatus)
 
     def provision(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return self._request("POST", "/provision", json=payload)[1]
+        return self._request("POST", "/provision", AgentReply, json=payload)
 
     def game_start(self) -> dict[str, Any]:
-        return self._request("POST", "/game/start")[1]
+        return self._request("POST", "/game/start", AgentReply)
 
     def game_stop(self) -> dict[str, Any]:
-        return self._request("POST", "/game/stop")[1]
+        return self._request("POST", "/game/stop", AgentReply)
 
     def close(self) -> None:
         self.session.close()

@@ -4,6 +4,11 @@ PVE reports almost every failure as HTTP 500 with the reason in the status line 
 exists on node 'pve1'", "Configuration file '…' does not exist", "CT is locked (create)", "can't
 lock file … got timeout"); task failures only show in the task's `exitstatus`. This module turns
 both into ProxmoxError with a `kind` and a `retryable` flag, so the flows never parse strings.
+
+Answers are bounded (size cap and whole-call deadline, core/http.py, mounted on proxmoxer's
+session) and checked against the schemas below: a listing with a row of the wrong shape, an HTML
+page where JSON belongs (proxmoxer hands that over as `{"errors": b"…"}`) or a task status
+without a status is a retryable `bad_answer`, never a KeyError in a flow or the reconciler.
 """
 from __future__ import annotations
 
@@ -15,11 +20,13 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+import pydantic
 import requests
 from django.conf import settings
 from proxmoxer import ProxmoxAPI, ResourceException
 
 from core.errors import ExternalError
+from core.http import Answer, BadAnswer, BoundedAdapter, parse
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,7 @@ class PveErrorKind(StrEnum):
     FORBIDDEN = "forbidden"
     BAD_REQUEST = "bad_request"
     TASK_FAILED = "task_failed"
+    BAD_ANSWER = "bad_answer"  # not JSON, the wrong shape, too large or too slow
     ERROR = "error"
 
 
@@ -91,6 +99,8 @@ def classify_message(message: str, status: int | None = None) -> tuple[str, bool
 
 
 def _error_from(exc: Exception, what: str) -> ProxmoxError:
+    if isinstance(exc, BadAnswer):
+        return ProxmoxError(f"{what}: {exc}", kind=PveErrorKind.BAD_ANSWER, retryable=True)
     if isinstance(exc, ResourceException):
         message = f"{exc.content or exc.status_message}"
         if exc.errors:
@@ -107,6 +117,15 @@ def _error_from(exc: Exception, what: str) -> ProxmoxError:
     return ProxmoxError(f"{what}: {exc!r}", kind=PveErrorKind.ERROR, retryable=True)
 
 
+def _plain(value: Any) -> Any:
+    """Checked answers back as the plain data the callers read (absent fields left out)."""
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(exclude_none=True)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def bool01(value: bool) -> int:
     """PVE's schema takes booleans as 1/0."""
     return 1 if value else 0
@@ -119,6 +138,40 @@ def parse_tags(tags: str | None) -> set[str]:
     for sep in (",", " "):
         tags = tags.replace(sep, ";")
     return {t.strip().lower() for t in tags.split(";") if t.strip()}
+
+
+class ClusterResource(Answer):
+    """One row of `/cluster/resources?type=vm` (the fields we read)."""
+
+    vmid: int = pydantic.Field(gt=0)
+    type: str = pydantic.Field(max_length=16)
+    node: str = pydantic.Field(min_length=1, max_length=64)
+    status: str | None = pydantic.Field(default=None, max_length=32)
+    tags: str | None = pydantic.Field(default=None, max_length=4096)
+    name: str | None = pydantic.Field(default=None, max_length=255)
+
+
+class ContainerConfig(Answer):
+    """`/nodes/{node}/lxc/{vmid}/config`: an object; the fields we read have their types."""
+
+    model_config = pydantic.ConfigDict(extra="allow", frozen=True)
+
+    tags: str | None = pydantic.Field(default=None, max_length=4096)
+    lock: str | None = pydantic.Field(default=None, max_length=32)
+    hostname: str | None = None
+
+
+class ContainerStatus(Answer):
+    status: str = pydantic.Field(max_length=32)
+
+
+class TaskState(Answer):
+    status: str = pydantic.Field(max_length=32)
+    exitstatus: str | None = pydantic.Field(default=None, max_length=4096)
+
+
+#: A UPID: "UPID:node:pid:pstart:starttime:type:id:user:" (PVE's task id).
+Upid = pydantic.constr(pattern=r"^UPID:[^:]+:", max_length=512)
 
 
 @dataclass(frozen=True)
@@ -137,6 +190,10 @@ class ProxmoxClient:
             parts.hostname, port=parts.port or 8006, user=user, token_name=token_name,
             token_value=token_secret, verify_ssl=verify_ssl, timeout=timeout,
         )
+        # proxmoxer reads bodies through this session: bound every answer in size and time.
+        adapter = BoundedAdapter(max_bytes=settings.PROXMOX_MAX_ANSWER_BYTES)
+        self.api._store["session"].mount("https://", adapter)
+        self.api._store["session"].mount("http://", adapter)
         self.calls = 0
 
     @classmethod
@@ -150,10 +207,20 @@ class ProxmoxClient:
                    token_secret=settings.PROXMOX_TOKEN_SECRET, verify_ssl=verify,
                    timeout=settings.PROXMOX_TIMEOUT)
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, what: str, fn: Callable[[], Any], schema: Any = None) -> Any:
+        """`fn()`'s answer, checked against `schema` (when given) and returned as plain data."""
         self.calls += 1
         try:
-            return fn()
+            try:
+                data = fn()
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                # proxmoxer reads `answer["data"]` itself: JSON without PVE's envelope.
+                raise BadAnswer(f"the answer has no PVE envelope ({type(exc).__name__})") from exc
+            if isinstance(data, dict) and isinstance(data.get("errors"), bytes):
+                raise BadAnswer("the answer is not JSON")
+            if schema is None:
+                return data
+            return _plain(parse(schema, data, what=what))
         except (ResourceException, requests.exceptions.RequestException) as exc:
             raise _error_from(exc, what) from exc
 
@@ -162,7 +229,8 @@ class ProxmoxClient:
         """The container's config, or None when it does not exist (on that node)."""
         try:
             return self._call(f"read config of CT {vmid}",
-                              lambda: self.api.nodes(node).lxc(vmid).config.get())
+                              lambda: self.api.nodes(node).lxc(vmid).config.get(),
+                              ContainerConfig)
         except ProxmoxError as err:
             if err.kind == PveErrorKind.NOT_FOUND:
                 return None
@@ -171,38 +239,42 @@ class ProxmoxClient:
     def ct_status(self, node: str, vmid: int) -> dict[str, Any] | None:
         try:
             return self._call(f"read status of CT {vmid}",
-                              lambda: self.api.nodes(node).lxc(vmid).status.current.get())
+                              lambda: self.api.nodes(node).lxc(vmid).status.current.get(),
+                              ContainerStatus)
         except ProxmoxError as err:
             if err.kind == PveErrorKind.NOT_FOUND:
                 return None
             raise
 
     def cluster_resources(self) -> list[dict[str, Any]]:
+        """Every guest in the cluster (qemu and lxc), on every node."""
         return self._call("list cluster resources",
-                          lambda: self.api.cluster.resources.get(type="vm")) or []
+                          lambda: self.api.cluster.resources.get(type="vm"),
+                          list[ClusterResource])
 
     # --- writes (each returns a UPID) -------------------------------------------------------------
     def ct_create(self, node: str, vmid: int, **params: Any) -> str:
         return self._call(f"create CT {vmid}",
-                          lambda: self.api.nodes(node).lxc.post(vmid=vmid, **params))
+                          lambda: self.api.nodes(node).lxc.post(vmid=vmid, **params), Upid)
 
     def ct_start(self, node: str, vmid: int) -> str:
         return self._call(f"start CT {vmid}",
-                          lambda: self.api.nodes(node).lxc(vmid).status.start.post())
+                          lambda: self.api.nodes(node).lxc(vmid).status.start.post(), Upid)
 
     def ct_shutdown(self, node: str, vmid: int, *, timeout: int) -> str:
         return self._call(f"shut down CT {vmid}",
                           lambda: self.api.nodes(node).lxc(vmid).status.shutdown.post(
-                              timeout=timeout))
+                              timeout=timeout), Upid)
 
     def ct_stop(self, node: str, vmid: int) -> str:
         return self._call(f"stop CT {vmid}",
-                          lambda: self.api.nodes(node).lxc(vmid).status.stop.post())
+                          lambda: self.api.nodes(node).lxc(vmid).status.stop.post(), Upid)
 
     def ct_destroy(self, node: str, vmid: int) -> str:
         return self._call(f"destroy CT {vmid}",
                           lambda: self.api.nodes(node).lxc(vmid).delete(
-                              purge=bool01(True), **{"destroy-unreferenced-disks": bool01(True)}))
+                              purge=bool01(True), **{"destroy-unreferenced-disks": bool01(True)}),
+                          Upid)
 
     # --- tasks ----------------------------------------------------------------------------------
     def task_wait(self, upid: str, *, timeout: float, on_tick: Callable[[], None] | None = None,
@@ -215,7 +287,8 @@ class ProxmoxClient:
         while True:
             try:
                 status = self._call("read task status",
-                                    lambda: self.api.nodes(node).tasks(upid).status.get())
+                                    lambda: self.api.nodes(node).tasks(upid).status.get(),
+                                    TaskState)
             except ProxmoxError as err:
                 if err.kind != PveErrorKind.BAD_REQUEST and not err.retryable:
                     raise

@@ -1,0 +1,159 @@
+"""HTTP to systems we do not control, bounded in size and in time.
+
+`requests`' `timeout` bounds each socket read, not the call: a server that drips one byte every
+few seconds keeps a call alive for ever, and a huge (or decompression-bomb) body is read into
+memory whole. Every client of an outside system (Proxmox through proxmoxer, the agents,
+Cloudflare, Technitium, Velocity, Discord) mounts `BoundedAdapter` on its session, so each
+answer is read in pieces against two limits:
+
+- `max_bytes`: the decoded body may not exceed it (`AnswerTooLarge`);
+- a deadline: the call's `timeout` (or `deadline` when given) is the time from sending the
+  request until the body has been read in full (`AnswerTooSlow`), not the time per socket
+  read; each piece is one read, so the real bound is the deadline plus one read timeout.
+
+Both errors are `requests.exceptions.RequestException`s, so every client's existing handling of
+transport failures applies; both say "bad answer" (`BadAnswer`), which clients classify as such.
+
+`parse` checks a decoded JSON answer against a pydantic type: an answer of the wrong shape is a
+`BadAnswer` too, never a KeyError or TypeError three calls later.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from typing import Annotated, Any, TypeVar
+
+import pydantic
+import requests
+from requests.adapters import HTTPAdapter
+
+T = TypeVar("T")
+
+#: Bytes read per socket read.
+PIECE = 64 * 1024
+
+
+class BadAnswer(requests.exceptions.RequestException):
+    """The outside system answered, but not something we can use."""
+
+
+class AnswerTooLarge(BadAnswer):
+    pass
+
+
+class AnswerTooSlow(BadAnswer):
+    pass
+
+
+class BoundedAdapter(HTTPAdapter):
+    """An HTTPAdapter that reads every body itself, within `max_bytes` and `deadline`."""
+
+    #: The deadline of a call made without a timeout (none of ours is).
+    FALLBACK_DEADLINE = 60.0
+
+    def __init__(self, *, max_bytes: int, deadline: float | None = None,
+                 **kwargs: Any) -> None:
+        self.max_bytes = max_bytes
+        self.deadline = deadline
+        super().__init__(**kwargs)
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False,
+             timeout: Any = None, **kwargs: Any) -> requests.Response:
+        started = time.monotonic()
+        deadline = self.deadline or _total(timeout) or self.FALLBACK_DEADLINE
+        resp = super().send(request, stream=True, timeout=timeout, **kwargs)
+        try:
+            declared = int(resp.headers.get("content-length") or 0)
+        except ValueError:
+            declared = 0
+        if declared > self.max_bytes:
+            resp.close()
+            raise AnswerTooLarge(f"answer of {declared} bytes is over the {self.max_bytes} "
+                                 "byte limit", request=request)
+        pieces: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                if time.monotonic() - started > deadline:
+                    raise AnswerTooSlow(f"answer not complete after {deadline:.0f}s",
+                                        request=request)
+                piece = resp.raw.read1(PIECE, decode_content=True)
+                if not piece:
+                    break
+                size += len(piece)
+                if size > self.max_bytes:
+                    raise AnswerTooLarge(f"answer over the {self.max_bytes} byte limit",
+                                         request=request)
+                pieces.append(piece)
+        except BadAnswer:
+            resp.close()
+            raise
+        except Exception as exc:  # urllib3's read errors, as requests would raise them
+            resp.close()
+            raise requests.exceptions.ConnectionError(f"reading the answer failed: "
+                                                      f"{exc.__class__.__name__}",
+                                                      request=request) from exc
+        resp._content = b"".join(pieces)
+        resp._content_consumed = True
+        resp.raw.release_conn()
+        return resp
+
+
+def _total(timeout: Any) -> float | None:
+    """requests' timeout (a number, or a (connect, read) pair) as one number of seconds."""
+    if isinstance(timeout, tuple):
+        parts = [t for t in timeout if t is not None]
+        return float(sum(parts)) if parts else None
+    return float(timeout) if timeout is not None else None
+
+
+def bounded_session(*, max_bytes: int, deadline: float | None = None,
+                    session: requests.Session | None = None) -> requests.Session:
+    """`session` (or a new one) with BoundedAdapter mounted for http and https."""
+    session = session if session is not None else requests.Session()
+    adapter = BoundedAdapter(max_bytes=max_bytes, deadline=deadline)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def json_body(resp: requests.Response) -> Any:
+    """The decoded JSON body, or None when the body is empty. Not JSON: BadAnswer."""
+    if not resp.content:
+        return None
+    try:
+        return json.loads(resp.content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        kind = resp.headers.get("content-type", "?").split(";")[0]
+        raise BadAnswer(f"HTTP {resp.status_code} answer is not JSON ({kind}, "
+                        f"{len(resp.content)} bytes)") from exc
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(schema: Any) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(schema)
+
+
+def parse(schema: Any, data: Any, *, what: str) -> Any:
+    """`data` validated against `schema` (a pydantic model or any type pydantic accepts).
+    Anything else: BadAnswer naming the first problem."""
+    try:
+        return _adapter(schema).validate_python(data)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "(top)"
+        raise BadAnswer(f"{what}: unexpected answer at {where}: {first.get('msg', exc)} "
+                        f"({exc.error_count()} problem(s))") from None
+
+
+class Answer(pydantic.BaseModel):
+    """The schema of an outside answer: fields we do not use are ignored; those we use are
+    type-checked (a `null` or an object where a number belongs is an error)."""
+
+    model_config = pydantic.ConfigDict(extra="ignore", frozen=True)
+
+
+def clipped(limit: int) -> Any:
+    """A string type cut to `limit` characters (outside text we show or store, never trust)."""
+    return Annotated[str, pydantic.AfterValidator(lambda text: text[:limit])]
