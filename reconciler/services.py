@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 #: Findings an operator must hear about at once (critical, with the role mention).
 CRITICAL_FINDINGS = frozenset({FindingType.CONTAINER_MISSING, FindingType.VMID_CONFLICT})
+#: The alert of cycles that end in an error: one while they keep failing, resolved by the first
+#: cycle that completes again.
+CYCLE_ALERT_KEY = "reconciler-cycle-error"
 
 
 def run_cycle(*, dry_run: bool | None = None, holder: str | None = None) -> dict[str, Any]:
@@ -74,12 +77,27 @@ def run_cycle(*, dry_run: bool | None = None, holder: str | None = None) -> dict
         outcome, summary["error"] = RunOutcome.ERROR, f"{type(exc).__name__}: {exc}"
     finally:
         lease.release()
+    summary["error"] = redact_text(summary.get("error", ""))[:2000]
     ControllerRun.objects.filter(pk=run.pk).update(
         finished_at=Now(), outcome=outcome, counts=summary.get("counts", {}),
         sources=summary.get("sources", {}), calls=summary.get("calls", {}),
-        error=summary.get("error", "")[:2000])
+        error=summary["error"])
     summary["outcome"] = outcome
+    _report_cycle(run, outcome, summary["error"])
     return summary
+
+
+def _report_cycle(run: ControllerRun, outcome: str, error: str) -> None:
+    """A cycle that errors is an outage of the reconciler itself: tell the operator once (the
+    alert is deduped by key) and say so when a cycle completes again."""
+    if outcome == RunOutcome.ERROR:
+        notify_warning("Reconciler cycles are failing",
+                       f"Cycle {run.pk} stopped with an error; until a cycle completes, drift "
+                       "is neither found nor repaired.",
+                       fields=[{"name": "error", "value": error or "-"}],
+                       alert_key=CYCLE_ALERT_KEY)
+    elif outcome in (RunOutcome.COMPLETED, RunOutcome.MASS_DRIFT):
+        alert_resolve(CYCLE_ALERT_KEY, body=f"Cycle {run.pk} completed.")
 
 
 def _retire_superseded_repairs(epoch: int) -> None:
