@@ -2,6 +2,12 @@
 
 `POST /_sim/faults` with `{"method", "path" (regex), "status", "body"?, "count", "delay_s"?}`
 makes the next `count` matching calls fail (or only stall, when no status is given);
+garbage answers (with a status, usually 200) add one of:
+  "raw": "<html>…"       this text verbatim (content type "content_type", default text/html),
+                         never wrapped in the stand-in's envelope;
+  "size_bytes": N        a valid JSON body of N bytes (`{"pad": "xxx…"}`), for size caps;
+  "drip_s": S            the body (raw or JSON) sent one byte every S seconds, for deadlines;
+and "headers": {…} sets response headers (e.g. a `retry-after` that is an HTTP-date or 0).
 `DELETE /_sim/faults` clears them; `POST /_sim/reset` empties the stand-in's state. Each
 stand-in adds its own routes beside these.
 """
@@ -27,7 +33,17 @@ class Fault:
     status: int | None = None
     body: Any = None
     delay_s: float = 0.0
+    raw: str | None = None
+    content_type: str = "text/html"
+    size_bytes: int = 0
+    drip_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
     hits: int = 0
+
+    @property
+    def garbage(self) -> bool:
+        """The answer is made here, byte for byte, not by the stand-in's renderer."""
+        return self.raw is not None or self.size_bytes > 0 or self.drip_s > 0
 
 
 @dataclass
@@ -48,6 +64,11 @@ class FaultTable:
                 status=int(spec["status"]) if spec.get("status") is not None else None,
                 body=spec.get("body"),
                 delay_s=float(spec.get("delay_s", 0) or 0),
+                raw=str(spec["raw"]) if spec.get("raw") is not None else None,
+                content_type=str(spec.get("content_type") or "text/html"),
+                size_bytes=int(spec.get("size_bytes", 0) or 0),
+                drip_s=float(spec.get("drip_s", 0) or 0),
+                headers={str(k): str(v) for k, v in (spec.get("headers") or {}).items()},
             )
         except (re.error, TypeError, ValueError) as exc:
             raise web.HTTPBadRequest(text=json.dumps({"error": f"bad fault: {exc}"}),
@@ -92,15 +113,45 @@ def fault_middleware(table: FaultTable, *, render: Callable[[Fault], web.Respons
                 await asyncio.sleep(fault.delay_s)
             if fault.status is not None:
                 table.record(request.method, request.path, fault.status)
+                if fault.garbage:
+                    return await _garbage(request, fault)
                 if render is not None:
-                    return render(fault)
-                body = fault.body if fault.body is not None else {"error": "injected fault"}
-                return web.json_response(body, status=fault.status)
+                    response = render(fault)
+                else:
+                    body = fault.body if fault.body is not None else {"error": "injected fault"}
+                    response = web.json_response(body, status=fault.status)
+                response.headers.update(fault.headers)
+                return response
         response = await handler(request)
         table.record(request.method, request.path, getattr(response, "status", 0))
         return response
 
     return middleware
+
+
+async def _garbage(request: web.Request, fault: Fault) -> web.StreamResponse:
+    """A raw, huge or slowly dripped answer (see the module docstring)."""
+    if fault.raw is not None:
+        body, content_type = fault.raw.encode(), fault.content_type
+    elif fault.size_bytes > 0:
+        pad = max(0, fault.size_bytes - len('{"pad": ""}'))
+        body, content_type = ('{"pad": "' + "x" * pad + '"}').encode(), "application/json"
+    else:
+        body = json.dumps(fault.body if fault.body is not None else {}).encode()
+        content_type = "application/json"
+    response = web.StreamResponse(status=fault.status or 200,
+                                  headers={"Content-Type": content_type, **fault.headers})
+    response.content_length = len(body)
+    await response.prepare(request)
+    if fault.drip_s > 0:
+        for i in range(len(body)):
+            await response.write(body[i:i + 1])
+            await asyncio.sleep(fault.drip_s)
+    else:
+        for i in range(0, len(body), 1 << 20):
+            await response.write(body[i:i + (1 << 20)])
+    await response.write_eof()
+    return response
 
 
 def add_sim_routes(app: web.Application, table: FaultTable,
@@ -118,7 +169,8 @@ def add_sim_routes(app: web.Application, table: FaultTable,
 
     async def list_faults(request: web.Request) -> web.Response:
         return json_response([{"method": f.method, "path": f.path.pattern, "count": f.count,
-                               "status": f.status, "hits": f.hits} for f in table.faults])
+                               "status": f.status, "hits": f.hits, "garbage": f.garbage}
+                              for f in table.faults])
 
     async def post_reset(request: web.Request) -> web.Response:
         table.faults.clear()
