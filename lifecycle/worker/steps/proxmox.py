@@ -270,7 +270,8 @@ def container_start(ctx: OperationContext, pve: ProxmoxClient,
     """Start the container (on whichever node it is); returns the fresh row."""
     inst, power = container_power(ctx, pve, inst)
     if power is None:
-        raise StepError(f"CT {inst.vmid} of ours exists nowhere in the cluster", kind="missing")
+        raise StepError(f"CT {inst.vmid} does not exist anywhere in the cluster",
+                        kind="missing")
     if power == PowerState.RUNNING:
         return inst
     node, vmid = inst.node.name, inst.vmid
@@ -287,7 +288,7 @@ def container_stop(ctx: OperationContext, pve: ProxmoxClient,
     counts as stopped; one that moved is stopped where it is. Returns the fresh row."""
     inst, power = container_power(ctx, pve, inst)
     if power is None:
-        ctx.note(f"CT {inst.vmid} of ours exists nowhere in the cluster; nothing to stop")
+        ctx.note(f"CT {inst.vmid} does not exist anywhere in the cluster; nothing to stop")
         return inst
     if power != PowerState.RUNNING:
         return inst
@@ -321,7 +322,7 @@ def container_destroy(ctx: OperationContext, pve: ProxmoxClient,
     inst, _where, cfg = _config_anywhere(ctx, pve, inst)
     node, vmid = inst.node.name, inst.vmid
     if cfg is None:
-        ctx.note(f"CT {vmid} exists nowhere in the cluster; nothing to destroy")
+        ctx.note(f"CT {vmid} does not exist anywhere in the cluster; nothing to destroy")
         return inst
     if not is_ours(cfg, inst):
         ctx.note(f"VMID {vmid} holds a guest that is not ours; left alone")
