@@ -31,7 +31,31 @@ from tests.support.workers import start_beat, start_worker
 EXPECTED_STATUS = {"running": "running", "stopped": "stopped", "deleted": "deleted",
                    "purged": "purged"}
 FAULTS = ("kill_worker", "flushall", "pve_500", "pve_lock", "pve_timeout", "node_offline",
-          "cloudflare_429", "velocity_restart", "discord_outage", "agent_crash")
+          "cloudflare_429", "velocity_restart", "discord_outage", "agent_crash", "garbage",
+          "migrate")
+RATE_LIMITED = {"success": False, "errors": [{"code": 971, "message": "Please wait"}]}
+#: Answers of the wrong shape, an HTML page, a dripped body, a senseless retry-after: each
+#: source in turn (service, fault spec without count).
+GARBAGE = (
+    ("pve", {"method": "GET", "path": "cluster/resources", "status": 200,
+             "body": [{"vmid": "abc", "type": "lxc"}]}),
+    ("pve", {"method": "GET", "path": r"/tasks/.*/status$", "status": 200,
+             "raw": "<html><body>proxy error</body></html>"}),
+    ("pve", {"method": "GET", "path": r"/lxc/\d+/config$", "status": 200, "body": "nonsense"}),
+    ("pve", {"method": "GET", "path": r"/lxc/\d+/status/current$", "status": 200,
+             "body": {"status": "running"}, "drip_s": 0.2}),
+    ("technitium", {"path": "records/get", "status": 200,
+                    "body": {"status": "ok", "response": {"records": None}}}),
+    ("velocity", {"method": "GET", "path": "^/servers$", "status": 200,
+                  "body": [{"name": "lobby"}]}),
+    ("cloudflare", {"path": "dns_records", "status": 200, "raw": "<html>one moment</html>"}),
+    ("cloudflare", {"method": "GET", "path": "dns_records", "status": 429,
+                    "body": RATE_LIMITED, "headers": {"retry-after": "0"}}),
+    ("agents", {"method": "GET", "path": "/status$", "status": 200, "body": {"crash": 1}}),
+    ("agents", {"method": "GET", "path": "/status$", "status": 200,
+                "body": {"state": "running", "crash": {"count": None}}}),
+    ("discord", {"method": "POST", "path": "/webhooks/", "status": 200, "body": [1, 2]}),
+)
 
 
 @dataclass
@@ -164,6 +188,29 @@ class ChaosRun:
             stack.sim("discord", "POST", "/_sim/outage", json={"on": True})
             self.undo.append(lambda: stack.sim("discord", "POST", "/_sim/outage",
                                                json={"on": False}))
+        elif kind == "garbage":
+            index = int(param * len(GARBAGE))
+            service, spec = GARBAGE[index]
+            spec = {**spec, "count": 1 + index % 3}
+            if service == "pve":
+                stack.fault(**spec)
+            elif service == "agents":
+                stack.agents("POST", "/_sim/faults", json=spec)
+            else:
+                stack.sim(service, "POST", "/_sim/faults", json=spec)
+            self.faults[f"garbage:{service}"] += 1
+        elif kind == "migrate" and target:
+            # A container moves under us: an operator's `pct migrate` (PVE's migrate task) or
+            # an HA recovery (moved at once, power kept).
+            vmid, node = target["vmid"], target["node__name"]
+            other = "pve2" if node == "pve1" else "pve1"
+            if param < 0.5:
+                stack.pve_api("POST", f"/nodes/{node}/lxc/{vmid}/migrate",
+                              data={"target": other, "restart": 1})
+                self.faults["migrate:pct"] += 1
+            else:
+                stack.pve("POST", f"/_sim/containers/{vmid}/migrate", json={"node": other})
+                self.faults["migrate:ha"] += 1
         elif kind == "agent_crash" and target:
             vmid = target["vmid"]
             stack.agents("POST", f"/_sim/agents/{vmid}/crash", json={"reason": "chaos"})
@@ -197,6 +244,11 @@ class ChaosRun:
         self.waiting_for += [(i.slug, i.status, "wants", i.desired_state)
                              for i in ContainerInstance.objects.all()
                              if i.status != EXPECTED_STATUS[i.desired_state]]
+        where = {int(ct["vmid"]): ct["node"] for ct in self.stack.containers()}
+        self.waiting_for += [(i.slug, "on", where[i.vmid], "row says", i.node.name)
+                             for i in ContainerInstance.objects.exclude(
+                                 status="purged").select_related("node")
+                             if i.vmid in where and i.node.name != where[i.vmid]]
         return not self.waiting_for
 
     def converge(self, timeout: float = 300) -> float:
@@ -220,13 +272,16 @@ class ChaosRun:
         self.checks.append(name)
 
     def verify(self) -> None:
-        live = list(ContainerInstance.objects.exclude(status="purged"))
+        live = list(ContainerInstance.objects.exclude(status="purged").select_related("node"))
         vmids = Counter(i.vmid for i in live)
         ips = Counter(i.ip for i in live)
-        ports = Counter((i.node_id, p) for i in live for p in i.ports.values())
+        # A server is reached at its own IP and port (Velocity's backend): that pair is unique.
+        # Not (row's node, port): a container that moved keeps the port it was given from its
+        # first node's pool, and the allocation rows (unique per pool) stay where they were.
+        ports = Counter((i.ip, p) for i in live for p in i.ports.values())
         self.check("unique VMIDs", max(vmids.values(), default=1) == 1, vmids.most_common(2))
         self.check("unique IPs", max(ips.values(), default=1) == 1, ips.most_common(2))
-        self.check("unique (node, port)", max(ports.values(), default=1) == 1,
+        self.check("unique (IP, port)", max(ports.values(), default=1) == 1,
                    ports.most_common(2))
 
         containers = self.stack.containers()
@@ -245,6 +300,12 @@ class ChaosRun:
             if inst.status in ("running", "stopped"):
                 self.check("running/stopped servers have their container",
                            by_owner[str(inst.id)] == 1, inst.slug)
+
+        where = {int(ct["vmid"]): ct["node"] for ct in containers}
+        misplaced = [(i.slug, i.node.name, where[i.vmid]) for i in live
+                     if i.vmid in where and i.node.name != where[i.vmid]]
+        self.check("every server's row names the node its container is on", not misplaced,
+                   misplaced)
 
         mismatched = [(i.slug, i.status, i.desired_state) for i in all_ids.values()
                       if i.status != EXPECTED_STATUS[i.desired_state]]
@@ -288,6 +349,9 @@ class ChaosRun:
                       key=lambda r: r.started_at)
         self.check("no two reconciler cycles overlapped",
                    all(a.finished_at <= b.started_at for a, b in zip(runs, runs[1:])))
+        errored = list(ControllerRun.objects.filter(outcome="error").values_list("pk", "error"))
+        self.check("no reconciler cycle ended in an error (bad answers included)", not errored,
+                   errored[:3])
         self.check("every repair finished", not RepairEvent.objects.filter(
             state__in=("queued", "running")).exists())
         self.check("every successful repair was post-checked", all(
