@@ -41,6 +41,20 @@ TECHNITIUM_TOKEN = _required("TECHNITIUM_TOKEN")
 VELOCITY_BRIDGE_TOKEN = _required("VELOCITY_BRIDGE_TOKEN")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
 
+#: Database passwords that are not secrets: the development default and the example's
+#: placeholder. Production refuses them, and refuses to fall back to the default URL.
+PLACEHOLDER_DB_PASSWORDS = frozenset({"", "zlh", "CHANGE-ME"})
+if not env.str("DATABASE_URL", default="").strip():
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not set: the MariaDB URL with the zlh user's password. "
+        "zlh.settings_production refuses to start without it; set DATABASE_URL in the "
+        "environment (see deploy/env.example).")
+if str(DATABASES["default"].get("PASSWORD") or "") in PLACEHOLDER_DB_PASSWORDS:
+    raise ImproperlyConfigured(
+        "DATABASE_URL carries a placeholder password (empty, the development default or "
+        "CHANGE-ME). zlh.settings_production refuses to start with it; set the real one in "
+        "the environment (see deploy/env.example).")
+
 # TLS ends at the reverse proxy in front of gunicorn.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)

@@ -62,9 +62,26 @@ def _production_env(**over: str) -> dict[str, str]:
     env.update(_env_example())
     env.update({name: f"dummy-{name.lower()}-{os.urandom(8).hex()}" for name in REQUIRED_SECRETS})
     env["SECRET_KEY"] = os.urandom(32).hex() + "Zz-9!x"
+    env["DATABASE_URL"] = f"mysql://zlh:{os.urandom(8).hex()}@10.0.0.5:3306/zlh"
     env["DJANGO_SETTINGS_MODULE"] = "zlh.settings_production"
     env.update(over)
     return env
+
+
+@pytest.mark.parametrize("url", [None, "", "mysql://zlh:zlh@127.0.0.1:3306/zlh",
+                                 "mysql://zlh:CHANGE-ME@10.0.0.5:3306/zlh",
+                                 "mysql://zlh@10.0.0.5:3306/zlh"])
+def test_production_settings_refuse_a_missing_or_placeholder_database_password(url):
+    env = _production_env()
+    if url is None:
+        del env["DATABASE_URL"]
+    else:
+        env["DATABASE_URL"] = url
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0, result.stdout
+    message = result.stderr.strip().splitlines()[-1]
+    assert "ImproperlyConfigured" in message and "DATABASE_URL" in message, message
 
 
 def test_production_settings_pass_check_deploy_with_the_documented_env():
