@@ -15,6 +15,8 @@ from django.contrib.auth import get_permission_codename
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
+from django_celery_beat.admin import PeriodicTaskAdmin
+from django_celery_beat.models import PeriodicTask
 
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, badge, pretty_json
 from core.redaction import redact
@@ -373,3 +375,20 @@ class AuditEventAdmin(ReadOnlyAdmin):
     @admin.display(description="data")
     def data_json(self, obj):
         return pretty_json(obj.data)
+
+
+class GuardedPeriodicTaskAdmin(PeriodicTaskAdmin):
+    """django-celery-beat's periodic-task admin, whose enable/disable/toggle/run actions check
+    no permission: each of them changes (or runs) the upkeep schedule, so each needs the change
+    permission on periodic tasks, like every other action of the panel."""
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if not self.has_change_permission(request):
+            for name in ("enable_tasks", "disable_tasks", "toggle_tasks", "run_tasks"):
+                actions.pop(name, None)
+        return actions
+
+
+admin.site.unregister(PeriodicTask)
+admin.site.register(PeriodicTask, GuardedPeriodicTaskAdmin)

@@ -130,6 +130,7 @@ class ControllerRunAdmin(ReadOnlyAdmin):
                    "levels": ", ".join(map(str, settings.RECONCILER_ENABLED_LEVELS)),
                    "dry_run": settings.RECONCILER_DRY_RUN,
                    "breakers": [_redacted_breaker(b) for b in Breaker.objects.order_by("action")],
+                   "may_reset": may_reset_breakers(request),
                    "findings": [_redacted_finding(f) for f in
                                 Finding.objects.filter(open=True).order_by("-last_seen")[:200]],
                    "opts": self.model._meta}

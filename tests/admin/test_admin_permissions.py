@@ -245,3 +245,45 @@ def test_an_api_token_is_revoked_from_the_panel_and_then_refused_by_the_api(view
     resp = changer.post("/admin/lifecycle/apitoken/", revoke, follow=True)
     assert "Already revoked" in resp.content.decode()
     assert AuditEvent.objects.filter(action="apitoken:revoke").count() == 1
+
+
+def test_the_dashboard_offers_the_breaker_reset_only_to_who_may_reset(viewer, changer):
+    Breaker.objects.create(action="dns_republish", state="open", consecutive_failures=3)
+    dashboard = reverse("admin:reconciler_dashboard")
+    assert 'id="reset-dns_republish"' not in viewer.get(dashboard).content.decode()
+    assert 'id="reset-dns_republish"' in changer.get(dashboard).content.decode()
+
+
+def _beat_staff(username: str, *codenames: str) -> Client:
+    user = get_user_model().objects.create_user(username, password="pw-123456789",
+                                                is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(
+        content_type__app_label="django_celery_beat", codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize("action", ["enable_tasks", "toggle_tasks", "run_tasks"])
+def test_periodic_task_actions_need_the_change_permission(db, action):
+    """django-celery-beat's own actions check nothing; ours do."""
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    every = IntervalSchedule.objects.create(every=60, period=IntervalSchedule.SECONDS)
+    task = PeriodicTask.objects.create(name="upkeep-test", task="lifecycle.sweep",
+                                       interval=every, enabled=False)
+    url = "/admin/django_celery_beat/periodictask/"
+    viewer = _beat_staff("beat-viewer", "view_periodictask")
+    assert action not in _offered(viewer, url)
+    resp = viewer.post(url, {"action": action, "_selected_action": [str(task.pk)]},
+                       follow=True)
+    _assert_refused(resp)
+    task.refresh_from_db()
+    assert task.enabled is False
+
+    changer = _beat_staff("beat-changer", "view_periodictask", "change_periodictask")
+    assert action in _offered(changer, url)
+    if action != "run_tasks":  # running sends a message to the broker; offered is enough
+        changer.post(url, {"action": action, "_selected_action": [str(task.pk)]})
+        task.refresh_from_db()
+        assert task.enabled is True
