@@ -112,3 +112,25 @@ class Breaker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action}: {self.state}"
+
+
+class ServerObservation(models.Model):
+    """What the reconciler last saw of one server, for the portal's status: its container's
+    power state and node (Proxmox) and its edge parts (DNS, Velocity). A cycle writes only the
+    rows whose values changed; when each value was *observed* is the cycle (`run`) that last
+    saw its source healthy — the status reads that from the latest completed cycle, so an
+    unchanged server costs no write at all."""
+
+    instance = models.OneToOneField("lifecycle.ContainerInstance", primary_key=True,
+                                    on_delete=models.CASCADE, related_name="observation")
+    #: PowerState, or "absent" (Proxmox lists no such container); "" = never observed.
+    power = models.CharField(max_length=16, blank=True)
+    power_since = models.DateTimeField(null=True, blank=True)
+    node = models.CharField(max_length=64, blank=True)
+    #: {part: Verdict} for game servers that should be published; {} when none is expected.
+    edge = models.JSONField(default=dict, blank=True)
+    edge_since = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.instance_id}: {self.power or 'never observed'}"
