@@ -39,7 +39,7 @@ from .choices import (
 )
 from .diff import FindingSpec, diff
 from .lease import FencedOut, Lease, LeaseLost, acquire, fenced
-from .models import Breaker, ControllerRun, Finding, RepairEvent
+from .models import Breaker, ControllerRun, Finding, RepairEvent, ServerObservation
 from .observe import World, observe
 from .statemachine import repair_claim, repair_end, repairs_abandon, repairs_supersede
 
@@ -118,6 +118,7 @@ def _act(world: World, findings: list[FindingSpec], lease: Lease, run: Controlle
     mass_drift = len(repairs_wanted) > limit
     result: dict[str, Any] = {"sources": world.sources, "calls": world.calls}
     with fenced(lease.epoch):
+        observed = _record_observations(world)
         new_keys = _record_findings(world, findings)
         _resolve_cleared(world, findings)
         for source, problem in world.problems.items():
@@ -142,10 +143,46 @@ def _act(world: World, findings: list[FindingSpec], lease: Lease, run: Controlle
                             new=finding.key in new_keys, world=world)] += 1
     lease.renew()
     result["counts"] = {"findings": dict(counts), "decisions": dict(decided),
-                        "servers": len(world.instances)}
+                        "servers": len(world.instances), "observations": observed}
     if mass_drift:
         result["outcome"] = RunOutcome.MASS_DRIFT
     return result
+
+
+def _record_observations(world: World) -> dict[str, int]:
+    """Keep ServerObservation in step with what this cycle saw: power and node where Proxmox
+    was healthy, edge parts where the edge was observed. Only rows whose values changed are
+    written (an unchanged fleet costs one read); a source that was unknown leaves its values as
+    they were (the status says how old they are)."""
+    stored = {str(o.instance_id): o for o in ServerObservation.objects.all()}
+    created, changed = [], []
+    for iid, inst in world.instances.items():
+        row = stored.get(iid)
+        fresh = row is None
+        if fresh:
+            row = ServerObservation(instance_id=iid)
+        dirty = False
+        if world.proxmox is not None and inst["vmid"]:
+            ct = world.proxmox.get(inst["vmid"])
+            power = str(ct.get("status") or "") if ct else "absent"
+            node = str(ct.get("node") or "") if ct else ""
+            if (row.power, row.node) != (power, node):
+                if row.power != power:
+                    row.power_since = world.now
+                row.power, row.node, dirty = power, node, True
+        if world.edge is not None:
+            obs = world.edge.by_server.get(iid)
+            edge = dict(obs.parts) if obs is not None else {}
+            if row.edge != edge:
+                row.edge, row.edge_since, dirty = edge, world.now, True
+        if fresh and dirty:
+            created.append(row)
+        elif dirty:
+            changed.append(row)
+    ServerObservation.objects.bulk_create(created, batch_size=1000, ignore_conflicts=True)
+    ServerObservation.objects.bulk_update(
+        changed, ["power", "power_since", "node", "edge", "edge_since"], batch_size=1000)
+    return {"created": len(created), "changed": len(changed)}
 
 
 def _record_findings(world: World, findings: list[FindingSpec]) -> set[str]:
