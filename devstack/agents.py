@@ -5,31 +5,64 @@ This stand-in serves the same API for every container of the devstack's Proxmox 
 `/agents/{vmid}/…`, and records exactly what was pre-seeded and when the game first booted, so
 tests can prove "installed before first boot". It can crash, hang or fail an install on command.
 
-Agent API (Bearer token):
-  GET  /agents/{vmid}/status     state, provisioningComplete, ready, game, crash, firstBootAt
+Credentials (as the real agent): a fresh agent holds none. It then answers `GET /status`
+to anyone (credentialVersion null) and takes `POST /credential {"secret", "version",
+"serverId", "heartbeat": {"url", "intervalSeconds"}}` unauthenticated, once (trust on first
+use). From then on every call must carry `Bearer <control token>` derived from that secret and
+the server id (`core/agent_tokens.py`), or is refused with 401; a new credential (rotation) too.
+An agent in legacy mode (`/_sim/agents/{vmid}/legacy`) is an old agent: no /credential route
+(404), it takes only the shared legacy token, and sends no heartbeats.
+
+Heartbeats: every enrolled agent whose container runs POSTs its status to the control plane
+every intervalSeconds (as told at enrolment, not scaled by the time scale: the receiver judges
+the rate against the real interval), signed with its heartbeat token; the target can be
+changed at runtime (`/_sim/agents/heartbeat-target`) and each agent's heartbeats stopped,
+delayed or corrupted (`/_sim/agents/{vmid}/heartbeats`).
+
+Agent API:
+  GET  /agents/{vmid}/status     state, provisioningComplete, ready, game, crash, firstBootAt,
+                                 credentialVersion
+  POST /agents/{vmid}/credential enrol (unauthenticated, only while it has none) or rotate
   POST /agents/{vmid}/provision  the provisioning payload (same payload again is a no-op)
   POST /agents/{vmid}/game/start start the game (no-op when running)
   POST /agents/{vmid}/game/stop  save the world, then stop the game (no-op when stopped)
   GET  /agents/{vmid}/ready      200 when ready, 503 otherwise
 Sim: /_sim/agents, /_sim/agents/{vmid}, /_sim/agents/{vmid}/crash|hang|recover,
-     /_sim/agents/install-error, plus the shared /_sim/faults and /_sim/reset.
+     /_sim/agents/install-error, /_sim/agents/heartbeat-target {"url"},
+     /_sim/agents/{vmid}/heartbeats {"mode": normal|stop|delay|corrupt, "delay_s",
+     "interval_s", "memory_used_mb", "players_online"}, /_sim/agents/{vmid}/legacy {"on"},
+     /_sim/agents/{vmid}/impostor (POST: replace the agent by a listener recording every
+     request and answering 200 {}; GET: the recording; DELETE: the real agent again),
+     plus the shared /_sim/faults and /_sim/reset.
 """
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
+from core.agent_tokens import bearer, control_token, heartbeat_token, tokens_equal
+
 from .sim import FaultTable, add_sim_routes, fault_middleware, json_response
+
+logger = logging.getLogger(__name__)
 
 # PVE-seconds (scaled by the Proxmox time scale) the agent's work takes.
 INSTALL_SECS = 6.0
 BOOT_SECS = 3.0
 STOP_SECS = 1.0
 HANG_SECS = 3600.0
+#: How often the heartbeat loop looks for agents that are due (real seconds).
+HEARTBEAT_TICK = 0.1
+HEARTBEAT_TIMEOUT = 5.0
+AGENT_VERSION = "devstack-1"
+HEARTBEAT_MODES = ("normal", "stop", "delay", "corrupt")
 
 
 @dataclass
@@ -54,6 +87,23 @@ class Agent:
     hung: bool = False
     container_started_at: float | None = None
     history: list[tuple[float, str]] = field(default_factory=list)
+    # The credential (held in clear here: this is the agent's side).
+    secret: str | None = None
+    credential_version: int | None = None
+    server_id: str | None = None
+    heartbeat_url: str | None = None
+    heartbeat_interval: float = 30.0
+    # Heartbeats sent: the switch, the counter, and what happened.
+    heartbeat_mode: str = "normal"
+    heartbeat_delay_s: float = 0.0
+    heartbeat_interval_override: float | None = None
+    heartbeat_seq: int = 0
+    heartbeat_next_at: float = 0.0
+    heartbeats_sent: int = 0
+    heartbeat_last_status: int | None = None
+    heartbeat_in_flight: bool = False
+    memory_used_mb: int | None = None
+    players_online: int = 0
 
     @property
     def ready(self) -> bool:
@@ -76,14 +126,60 @@ class Agent:
             "crash": ({"count": self.crash_count, "lastAt": self.crash_at,
                        "reason": self.crash_reason} if self.crash_count else None),
             "firstBootAt": self.first_boot_at,
+            "credentialVersion": self.credential_version,
         }
 
     def record(self) -> dict[str, Any]:
         data = self.view()
         data.update(seeded=self.seeded, seededAt=self.seeded_at, boots=self.boots,
                     saves=self.saves, uncleanStops=self.unclean_stops,
-                    payload=self.payload, history=self.history)
+                    payload=self.payload, history=self.history,
+                    serverId=self.server_id,
+                    heartbeats={"mode": self.heartbeat_mode, "sent": self.heartbeats_sent,
+                                "lastStatus": self.heartbeat_last_status,
+                                "sequence": self.heartbeat_seq, "url": self.heartbeat_url,
+                                "intervalSeconds": self.interval})
         return data
+
+    @property
+    def interval(self) -> float:
+        return self.heartbeat_interval_override or self.heartbeat_interval
+
+    def heartbeat(self, memory_limit_mb: int | None) -> dict[str, Any]:
+        """What the agent reports about itself (the body of a heartbeat)."""
+        self.heartbeat_seq = max(self.heartbeat_seq + 1, time.time_ns() // 1_000_000)
+        crash = None
+        if self.crash_count:
+            oom = "OutOfMemory" in (self.crash_reason or "")
+            crash = {"classification": "oom" if oom else "exit",
+                     "exitCode": 137 if oom else 1, "at": self.crash_at,
+                     "logTail": (self.crash_reason or "")[-4096:]}
+        limit = memory_limit_mb
+        used = self.memory_used_mb if self.memory_used_mb is not None else (
+            (limit // 2) if limit and self.state == "running" else 0)
+        return {"sequence": self.heartbeat_seq, "state": self.state,
+                "provisioningComplete": self.provisioning_complete, "ready": self.ready,
+                "crashCount": self.crash_count, "lastCrash": crash,
+                "memoryUsedMb": used, "memoryLimitMb": limit,
+                "diskUsedMb": 1024 if self.provisioning_complete else 0, "diskLimitMb": 8192,
+                "playersOnline": self.players_online if self.state == "running" else 0,
+                "agentVersion": AGENT_VERSION}
+
+
+@dataclass
+class Impostor:
+    """Whatever took the agent's place: records every request, answers 200 {}."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    max_requests: int = 10_000
+
+    async def answer(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append({"method": request.method, "path": request.path,
+                              "headers": dict(request.headers),
+                              "body": body.decode("utf-8", errors="replace")})
+        del self.requests[:-self.max_requests]
+        return json_response({})
 
 
 class AgentFleet:
@@ -94,6 +190,14 @@ class AgentFleet:
         self.table = FaultTable()
         self.install_errors: list[dict[str, Any]] = []
         self._timers: set[asyncio.Task] = set()
+        #: Containers whose agent was replaced by a recording listener.
+        self.impostors: dict[int, Impostor] = {}
+        #: VMIDs whose agent is an old one (legacy shared token, no credential of its own).
+        self.legacy: set[int] = set()
+        #: Where heartbeats go instead of the URL told at enrolment (a test's live server).
+        self.heartbeat_target: str | None = None
+        self._heartbeats: asyncio.Task | None = None
+        self._http: aiohttp.ClientSession | None = None
 
     # --- time ---------------------------------------------------------------------------------
     def _later(self, secs: float, fn) -> None:
@@ -199,22 +303,76 @@ class AgentFleet:
         self._later(INSTALL_SECS, done)
 
     # --- HTTP ---------------------------------------------------------------------------------
-    async def _reach(self, request: web.Request) -> Agent:
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            raise web.HTTPUnauthorized(text='{"error": "bad agent token"}',
-                                       content_type="application/json")
+    @staticmethod
+    def _refuse(why: str) -> web.HTTPUnauthorized:
+        return web.HTTPUnauthorized(text=json.dumps({"error": why}),
+                                    content_type="application/json")
+
+    def _authenticate(self, request: web.Request, agent: Agent, *, open_: bool) -> None:
+        """Raise 401 unless the request carries what this agent takes. `open_`: the route
+        answers an agent without a credential unauthenticated (status, enrolment)."""
+        presented = bearer(request.headers.get("Authorization"))
+        if agent.vmid in self.legacy:
+            if not tokens_equal(presented, self.token):
+                raise self._refuse("bad agent token")
+            return
+        if agent.secret is None:
+            if not open_:
+                raise self._refuse("no credential yet: enrol first")
+            return
+        if not tokens_equal(presented, control_token(agent.secret, agent.server_id)):
+            raise self._refuse("bad agent token")
+
+    async def _reach(self, request: web.Request, *, open_: bool = False) -> Agent:
         vmid = int(request.match_info["vmid"])
         agent = self._sync(vmid)
         if agent is None:
             # Nothing listens on a stopped container: the connection just fails.
             request.transport.close()
             raise ConnectionResetError(f"agent {vmid} unreachable")
+        self._authenticate(request, agent, open_=open_)
         if agent.hung:
             await asyncio.sleep(HANG_SECS)
         return agent
 
+    @web.middleware
+    async def _impostor_middleware(self, request: web.Request, handler):
+        """A container whose agent was replaced: whatever is sent there is only recorded."""
+        vmid = request.match_info.get("vmid")
+        if request.path.startswith("/agents/") and vmid and vmid.isdigit() \
+                and int(vmid) in self.impostors:
+            return await self.impostors[int(vmid)].answer(request)
+        return await handler(request)
+
     async def status(self, request: web.Request) -> web.Response:
-        return json_response((await self._reach(request)).view())
+        return json_response((await self._reach(request, open_=True)).view())
+
+    async def credential(self, request: web.Request) -> web.Response:
+        vmid = int(request.match_info["vmid"])
+        if vmid in self.legacy:
+            raise web.HTTPNotFound(text='{"error": "no such route"}',
+                                   content_type="application/json")  # an old agent
+        agent = await self._reach(request, open_=True)  # authenticated once it holds one
+        try:
+            body = await request.json()
+        except ValueError:
+            return json_response({"error": "credential must be JSON"}, 400)
+        beat = body.get("heartbeat") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not isinstance(body.get("secret"), str) \
+                or len(body["secret"]) < 32 or not isinstance(body.get("version"), int) \
+                or not isinstance(body.get("serverId"), str) or not isinstance(beat, dict):
+            return json_response({"error": "needs secret, version, serverId, heartbeat"}, 400)
+        if agent.secret == body["secret"] and agent.credential_version == body["version"]:
+            return json_response({"version": agent.credential_version, "replay": True})
+        agent.secret, agent.credential_version = body["secret"], body["version"]
+        agent.server_id = body["serverId"]
+        agent.heartbeat_url = str(beat.get("url") or "") or None
+        try:
+            agent.heartbeat_interval = max(0.05, float(beat.get("intervalSeconds") or 30))
+        except (TypeError, ValueError):
+            agent.heartbeat_interval = 30.0
+        agent.heartbeat_next_at = 0.0  # the first heartbeat goes out now
+        return json_response({"version": agent.credential_version})
 
     async def ready(self, request: web.Request) -> web.Response:
         agent = await self._reach(request)
@@ -306,16 +464,136 @@ class AgentFleet:
         self.install_errors.append(rule)
         return json_response(rule, 201)
 
+    async def sim_heartbeat_target(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        url = body.get("url") if isinstance(body, dict) else None
+        if url is not None and not (isinstance(url, str) and url.startswith("http")):
+            return json_response({"error": "url must be an http(s) URL or null"}, 400)
+        self.heartbeat_target = url.rstrip("/") if url else None
+        return json_response({"url": self.heartbeat_target})
+
+    async def sim_heartbeats(self, request: web.Request) -> web.Response:
+        agent = self._sim_agent(request)
+        body = await request.json()
+        mode = body.get("mode", agent.heartbeat_mode)
+        if mode not in HEARTBEAT_MODES:
+            return json_response({"error": f"mode must be one of {HEARTBEAT_MODES}"}, 400)
+        agent.heartbeat_mode = mode
+        agent.heartbeat_delay_s = float(body.get("delay_s", agent.heartbeat_delay_s) or 0)
+        if "interval_s" in body:
+            agent.heartbeat_interval_override = float(body["interval_s"]) or None
+            agent.heartbeat_next_at = 0.0
+        if "memory_used_mb" in body:
+            agent.memory_used_mb = body["memory_used_mb"]
+        if "players_online" in body:
+            agent.players_online = int(body["players_online"])
+        return json_response(agent.record())
+
+    async def sim_legacy(self, request: web.Request) -> web.Response:
+        """An old agent at this VMID (before or after its container exists)."""
+        vmid = int(request.match_info["vmid"])
+        body = await request.json() if request.can_read_body else {}
+        if body.get("on", True):
+            self.legacy.add(vmid)
+            agent = self.agents.get(vmid)
+            if agent is not None:
+                agent.secret = agent.credential_version = agent.server_id = None
+        else:
+            self.legacy.discard(vmid)
+        return json_response({"legacy": sorted(self.legacy)})
+
+    async def sim_impostor(self, request: web.Request) -> web.Response:
+        vmid = int(request.match_info["vmid"])
+        if request.method == "POST":
+            self.impostors[vmid] = Impostor()
+            return json_response({"impostor": vmid}, 201)
+        if request.method == "DELETE":
+            self.impostors.pop(vmid, None)
+            return json_response({"impostor": None})
+        impostor = self.impostors.get(vmid)
+        if impostor is None:
+            raise web.HTTPNotFound(text='{"error": "no impostor there"}',
+                                   content_type="application/json")
+        return json_response({"requests": impostor.requests})
+
+    # --- heartbeats ---------------------------------------------------------------------------
+    def _heartbeat_url(self, agent: Agent) -> str | None:
+        if self.heartbeat_target and agent.server_id:
+            return f"{self.heartbeat_target}/api/v1/agents/{agent.server_id}/heartbeat"
+        return agent.heartbeat_url
+
+    async def _send_heartbeat(self, agent: Agent, url: str) -> None:
+        """One heartbeat of `agent` (its switch decides: on time, late or garbage)."""
+        try:
+            if agent.heartbeat_mode == "delay" and agent.heartbeat_delay_s:
+                await asyncio.sleep(agent.heartbeat_delay_s)
+            if agent.secret is None or agent.server_id is None:
+                return  # re-enrolment or legacy mode meanwhile
+            ct = self.pve.ct(agent.vmid)
+            limit = (ct.config.get("memory") if ct is not None else None) or None
+            if agent.heartbeat_mode == "corrupt":
+                data = b'{"sequence": "many", "state": ["running"], "ready": "yes"'
+            else:
+                data = json.dumps(agent.heartbeat(int(limit) if limit else None)).encode()
+            token = heartbeat_token(agent.secret, agent.server_id)
+            assert self._http is not None
+            async with self._http.post(url, data=data, headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/json"}) as resp:
+                await resp.read()
+                agent.heartbeat_last_status = resp.status
+            agent.heartbeats_sent += 1
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            agent.heartbeat_last_status = 0
+            logger.debug("heartbeat of %s failed: %s", agent.vmid, exc)
+        finally:
+            agent.heartbeat_in_flight = False
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_TICK)
+            now = time.monotonic()
+            for vmid, agent in list(self.agents.items()):
+                url = self._heartbeat_url(agent)
+                if (url is None or agent.secret is None or vmid in self.legacy
+                        or vmid in self.impostors or agent.heartbeat_mode == "stop"
+                        or agent.heartbeat_in_flight or now < agent.heartbeat_next_at
+                        or self._container(vmid) is None or agent.hung):
+                    continue
+                agent.heartbeat_next_at = now + agent.interval
+                agent.heartbeat_in_flight = True
+                task = asyncio.ensure_future(self._send_heartbeat(agent, url))
+                self._timers.add(task)
+                task.add_done_callback(self._timers.discard)
+
+    async def _start(self, app: web.Application) -> None:
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=HEARTBEAT_TIMEOUT))
+        self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
+
+    async def _stop(self, app: web.Application) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+        if self._http is not None:
+            await self._http.close()
+
     def reset(self) -> None:
         for task in list(self._timers):
             task.cancel()
         self.agents.clear()
         self.install_errors.clear()
+        self.impostors.clear()
+        self.legacy.clear()
+        self.heartbeat_target = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[fault_middleware(self.table)])
+        app = web.Application(middlewares=[fault_middleware(self.table),
+                                           self._impostor_middleware])
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
         r = app.router
         r.add_get("/agents/{vmid}/status", self.status)
+        r.add_post("/agents/{vmid}/credential", self.credential)
         r.add_get("/agents/{vmid}/ready", self.ready)
         r.add_post("/agents/{vmid}/provision", self.provision)
         r.add_post("/agents/{vmid}/game/start", self.game_start)
@@ -323,6 +601,10 @@ class AgentFleet:
         add_sim_routes(app, self.table, self.reset)
         r.add_get("/_sim/agents", self.sim_list)
         r.add_post("/_sim/agents/install-error", self.sim_install_error)
+        r.add_post("/_sim/agents/heartbeat-target", self.sim_heartbeat_target)
+        r.add_post("/_sim/agents/{vmid}/heartbeats", self.sim_heartbeats)
+        r.add_post("/_sim/agents/{vmid}/legacy", self.sim_legacy)
+        r.add_route("*", "/_sim/agents/{vmid}/impostor", self.sim_impostor)
         r.add_get("/_sim/agents/{vmid}", self.sim_get)
         r.add_post("/_sim/agents/{vmid}/crash", self.sim_crash)
         r.add_post("/_sim/agents/{vmid}/hang", self.sim_hang)

@@ -24,7 +24,9 @@ def control_plane_env(endpoints: dict[str, Any]) -> dict[str, str]:
         "PROXMOX_OSTEMPLATE": pve["ostemplate"],
         "PROXMOX_STORAGE": pve["storage"],
         "AGENT_URL_TEMPLATE": agents["url"],
-        "AGENT_TOKEN": agents["token"],
+        # The shared token only agents in legacy mode take (AGENT_LEGACY_TOKEN_UNTIL is left
+        # empty: legacy agents are refused unless a test or the operator allows them).
+        "AGENT_LEGACY_TOKEN": agents["token"],
         "CLOUDFLARE_API_URL": cf["url"],
         "CLOUDFLARE_API_TOKEN": cf["token"],
         "CLOUDFLARE_ZONE_ID": cf["zone_id"],

@@ -75,6 +75,7 @@ class OperationKind(models.TextChoices):
     DELETE = "delete", "Delete"
     RESTORE = "restore", "Restore"
     PURGE = "purge", "Purge"
+    ROTATE_CREDENTIAL = "rotate_credential", "Rotate agent credential"
 
 
 class OperationState(models.TextChoices):

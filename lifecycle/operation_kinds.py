@@ -25,11 +25,13 @@ class OperationSpec:
     requestable_from: frozenset[str]
     #: Statuses the flow moves the server out of when it starts working.
     begins_from: frozenset[str]
-    #: The status while the flow works (a transient one, watched by the reconciler).
-    working: str
+    #: The status while the flow works (a transient one, watched by the reconciler); None for
+    #: a kind that never changes the server's status (rotate_credential).
+    working: str | None
     #: The status the flow ends in; None when the request chooses it (a restore's `target`).
     ends_in: str | None
-    #: The desired state a request sets; None when the request chooses it.
+    #: The desired state a request sets; None when the request chooses it (a restore's
+    #: `target`) or when the kind leaves it alone (a kind without a `working` status).
     desired_after: str | None
     #: The flow that carries it out (`lifecycle.worker.flows.*`), loaded by the worker only.
     flow: str
@@ -115,6 +117,19 @@ SPECS: dict[str, OperationSpec] = {spec.kind: spec for spec in (
         admin_label="Purge now (destroys the container)…", confirm=True,
         description="Staff: destroy a deleted server now and release its allocations to "
                     "quarantine."),
+    OperationSpec(
+        kind=K.ROTATE_CREDENTIAL,
+        # Running: the new secret reaches the agent now. Stopped: the agent gets it at the next
+        # start, authenticated by the secret it still holds. The status never changes.
+        requestable_from=frozenset({S.RUNNING, S.STOPPED}),
+        begins_from=frozenset({S.RUNNING, S.STOPPED}),
+        working=None, ends_in=None, desired_after=None,
+        flow=f"{_FLOWS}.credentials.ROTATE_CREDENTIAL", staff_only=True,
+        api_action="rotate_credential", admin_action="rotate_agent_credential",
+        admin_label="Rotate agent credential",
+        description="Staff: give the server's agent a new secret of its own; the old one stops "
+                    "working once the agent holds the new one (heartbeats signed with it are "
+                    "accepted for AGENT_CREDENTIAL_OVERLAP_SECONDS more)."),
 )}
 
 

@@ -170,7 +170,7 @@ def _observe_agents(world: World) -> None:
     wanted = [i for i in world.instances.values() if should_have_agent(world, i)]
 
     def check(inst: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-        client = AgentClient.for_instance(ip=inst["ip"], vmid=inst["vmid"])
+        client = AgentClient.for_instance(ip=inst["ip"], vmid=inst["vmid"], server_id=inst["id"])
         client.timeout = settings.RECONCILER_AGENT_TIMEOUT
         try:
             return str(inst["id"]), client.status()

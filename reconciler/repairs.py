@@ -120,7 +120,7 @@ def _power(inst: ContainerInstance) -> tuple[str | None, bool]:
 
 
 def _agent_ready(inst: ContainerInstance) -> bool:
-    client = AgentClient.for_instance(ip=inst.ip, vmid=inst.vmid)
+    client = AgentClient.for_server(inst)
     client.timeout = settings.RECONCILER_AGENT_TIMEOUT
     try:
         status = client.status()

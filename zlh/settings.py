@@ -243,8 +243,32 @@ PROXMOX_TASK_TIMEOUT = env.float("PROXMOX_TASK_TIMEOUT", default=300.0)
 # The agent inside each container. {ip} and {vmid} are filled in per server.
 # ---------------------------------------------------------------------------------------------
 AGENT_URL_TEMPLATE = env.str("AGENT_URL_TEMPLATE", default="http://{ip}:18888")
-AGENT_TOKEN = env.str("AGENT_TOKEN", default="")
 AGENT_TIMEOUT = env.float("AGENT_TIMEOUT", default=5.0)
+# Each server's agent has a secret of its own (lifecycle/services/agent_credentials.py), stored
+# encrypted with these Fernet keys: comma-separated, the first encrypts, every one decrypts (add
+# a new key in front, re-encrypt with `manage.py agentkeys --reencrypt`, then drop the old one).
+# Empty: a key derived from SECRET_KEY (development and tests only; production requires it).
+AGENT_CREDENTIAL_KEYS = env.list("AGENT_CREDENTIAL_KEYS", default=[])
+# After a rotation the agent's previous secret still signs heartbeats for this long.
+AGENT_CREDENTIAL_OVERLAP_SECONDS = env.int("AGENT_CREDENTIAL_OVERLAP_SECONDS", default=300)
+# Migration from the old shared token (was AGENT_TOKEN, still read under that name): an agent
+# too old to take a credential of its own (it answers 404 to /credential) is driven with this
+# token until AGENT_LEGACY_TOKEN_UNTIL (an ISO date, UTC midnight; empty = never), and each
+# server driven so is recorded (AgentCredential.legacy_since) and reported.
+AGENT_LEGACY_TOKEN = env.str("AGENT_LEGACY_TOKEN", default="") or env.str("AGENT_TOKEN",
+                                                                          default="")
+AGENT_LEGACY_TOKEN_UNTIL = env.str("AGENT_LEGACY_TOKEN_UNTIL", default="")
+# Heartbeats: each agent POSTs its status every AGENT_HEARTBEAT_INTERVAL_SECONDS to
+# AGENT_HEARTBEAT_URL ({server_id} filled in), told both when it is enrolled. The URL is the
+# control plane's address as the containers reach it (AGENT_CONTROL_PLANE_URL by default).
+AGENT_HEARTBEAT_INTERVAL_SECONDS = env.int("AGENT_HEARTBEAT_INTERVAL_SECONDS", default=30)
+AGENT_CONTROL_PLANE_URL = env.str("AGENT_CONTROL_PLANE_URL", default="http://127.0.0.1:8000")
+AGENT_HEARTBEAT_URL = env.str(
+    "AGENT_HEARTBEAT_URL",
+    default=AGENT_CONTROL_PLANE_URL.rstrip("/") + "/api/v1/agents/{server_id}/heartbeat")
+# A heartbeat whose memory use is above this share of the limit counts towards the streak of
+# memory pressure the reconciler reads (AgentHeartbeat.memory_high_streak).
+AGENT_MEMORY_PRESSURE_PERCENT = env.int("AGENT_MEMORY_PRESSURE_PERCENT", default=90)
 # How long provisioning waits for the agent to answer, and for the server to become ready.
 AGENT_WAIT_SECONDS = env.float("AGENT_WAIT_SECONDS", default=180.0)
 READY_WAIT_SECONDS = env.float("READY_WAIT_SECONDS", default=900.0)

@@ -1,6 +1,7 @@
 """Production settings: the base settings, hardened. Refuses to start without the secrets and
 hosts it needs. Passes `python manage.py check --deploy` with deploy/env.example's variables
 (and the secrets filled in)."""
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from .settings import *  # noqa: F401,F403
@@ -11,7 +12,10 @@ from .settings import env
 REQUIRED_SECRETS = {
     "SECRET_KEY": "Django's signing key (50+ random characters)",
     "PROXMOX_TOKEN_SECRET": "the Proxmox API token's secret (PROXMOX_TOKEN_ID's uuid)",
-    "AGENT_TOKEN": "the token of the agent in every container",
+    "AGENT_CREDENTIAL_KEYS": "Fernet key(s) encrypting each container's agent secret at rest "
+                             "(comma-separated; make one with python3 -c 'from "
+                             "cryptography.fernet import Fernet; "
+                             "print(Fernet.generate_key().decode())')",
     # Paper and Fabric are offered (lifecycle/catalog.py): their proxy config needs it.
     "VELOCITY_FORWARDING_SECRET": "Velocity's modern-forwarding secret (FabricProxy-Lite, Paper)",
     "CLOUDFLARE_API_TOKEN": "a Cloudflare API token with DNS edit on the players' zone",
@@ -33,7 +37,16 @@ def _required(name: str) -> str:
 DEBUG = False
 SECRET_KEY = _required("SECRET_KEY")
 PROXMOX_TOKEN_SECRET = _required("PROXMOX_TOKEN_SECRET")
-AGENT_TOKEN = _required("AGENT_TOKEN")
+AGENT_CREDENTIAL_KEYS = [k.strip() for k in _required("AGENT_CREDENTIAL_KEYS").split(",")
+                         if k.strip()]
+try:  # a key that is not a Fernet key would only show at the first provision: refuse it now
+    for _key in AGENT_CREDENTIAL_KEYS:
+        Fernet(_key)
+except (ValueError, TypeError) as _exc:
+    raise ImproperlyConfigured(
+        "AGENT_CREDENTIAL_KEYS holds a value that is not a Fernet key (32 url-safe base64 "
+        "bytes); zlh.settings_production refuses to start with it (see deploy/env.example)."
+    ) from _exc
 VELOCITY_FORWARDING_SECRET = _required("VELOCITY_FORWARDING_SECRET")
 CLOUDFLARE_API_TOKEN = _required("CLOUDFLARE_API_TOKEN")
 CLOUDFLARE_ZONE_ID = _required("CLOUDFLARE_ZONE_ID")

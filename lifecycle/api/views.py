@@ -165,7 +165,8 @@ def _operation_endpoint(spec: OperationSpec):
     if spec.staff_only:
         responses[403] = _ERRORS[403]
         extra["permission_classes"] = [IsAdminUser]
-    endpoint = action(detail=True, methods=["post"], **extra)(endpoint)
+    endpoint = action(detail=True, methods=["post"], url_path=spec.api_action.replace("_", "-"),
+                      **extra)(endpoint)
     return extend_schema(request=body, responses=responses)(endpoint)
 
 

@@ -1,4 +1,8 @@
-"""The agent inside each container: status, provisioning payload, game start/stop.
+"""The agent inside each container: status, enrolment, provisioning payload, game start/stop.
+
+Every call carries the server's own control token (`for_server`; see
+`services/agent_credentials.py` and `core/agent_tokens.py`), never a token shared between
+containers, and never logs it.
 
 The agent runs inside a tenant's container, next to the tenant's own code: every answer is
 untrusted. Bodies are capped (`AGENT_MAX_ANSWER_BYTES`) and bounded in time, and `/status` is
@@ -39,7 +43,9 @@ AGENT_GAME_DOWN = frozenset({AgentState.STOPPED, AgentState.IDLE, AgentState.INS
 
 class AgentErrorKind(StrEnum):
     UNREACHABLE = "unreachable"  # connection refused/reset, timeout
-    REJECTED = "rejected"        # 4xx: it refused us (or the request)
+    UNAUTHORIZED = "unauthorized"  # 401/403: it does not take our credential
+    NOT_FOUND = "not_found"      # 404: it has no such route (an agent too old for it)
+    REJECTED = "rejected"        # another 4xx: it refused the request
     ERROR = "error"              # 5xx
     BAD_ANSWER = "bad_answer"    # not JSON, the wrong shape, too large or too slow
 
@@ -59,6 +65,15 @@ class AgentStatus(Answer):
     error: clipped(500) | None = None
     crash: AgentCrash | None = None
     firstBootAt: float | None = None
+    #: The credential version the agent holds; null while it has none (not yet enrolled).
+    credentialVersion: pydantic.NonNegativeInt | None = None
+
+
+class AgentEnrolled(Answer):
+    """The answer to `POST /credential`."""
+
+    version: pydantic.NonNegativeInt
+    replay: bool = False
 
 
 class AgentReply(Answer):
@@ -83,10 +98,25 @@ class AgentClient:
             self.session.headers["Authorization"] = f"Bearer {token}"
         self.calls = 0
 
+    def __repr__(self) -> str:  # never the token
+        return f"AgentClient({self.base_url})"
+
     @classmethod
-    def for_instance(cls, *, ip: str | None, vmid: int | None) -> "AgentClient":
+    def for_instance(cls, *, ip: str | None, vmid: int | None, server_id: Any) -> "AgentClient":
+        """The client of one server's agent, carrying that server's control token."""
+        from ..services.agent_credentials import agent_control_token
+
         url = settings.AGENT_URL_TEMPLATE.format(ip=ip or "", vmid=vmid or "")
-        return cls(base_url=url, token=settings.AGENT_TOKEN, timeout=settings.AGENT_TIMEOUT)
+        return cls(base_url=url, token=agent_control_token(instance_id=server_id),
+                   timeout=settings.AGENT_TIMEOUT)
+
+    @classmethod
+    def for_server(cls, inst: Any) -> "AgentClient":
+        return cls.for_instance(ip=inst.ip, vmid=inst.vmid, server_id=inst.id)
+
+    def with_token(self, token: str) -> "AgentClient":
+        """The same agent, presenting another token (enrolment tries the previous secret)."""
+        return type(self)(base_url=self.base_url, token=token, timeout=self.timeout)
 
     def _request(self, method: str, path: str, schema: type[Answer], json: Any = None,
                  ) -> dict[str, Any]:
@@ -99,6 +129,12 @@ class AgentClient:
             if resp.status_code >= 500:
                 raise AgentError(f"{what}: HTTP {resp.status_code}", kind=AgentErrorKind.ERROR,
                                  retryable=True)
+            if resp.status_code in (401, 403):
+                raise AgentError(f"{what}: HTTP {resp.status_code}",
+                                 kind=AgentErrorKind.UNAUTHORIZED, retryable=False)
+            if resp.status_code == 404:
+                raise AgentError(f"{what}: HTTP 404", kind=AgentErrorKind.NOT_FOUND,
+                                 retryable=False)
             if resp.status_code >= 400:
                 # The agent's own words are not repeated: they are the tenant's to write.
                 raise AgentError(f"{what}: HTTP {resp.status_code}",
@@ -114,6 +150,11 @@ class AgentClient:
 
     def status(self) -> dict[str, Any]:
         return self._request("GET", "/status", AgentStatus)
+
+    def credential(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Enrol (or rotate): the agent takes the secret in `body`. Only an agent without a
+        credential takes it unauthenticated; one that holds a credential wants its token."""
+        return self._request("POST", "/credential", AgentEnrolled, json=body)
 
     def provision(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self._request("POST", "/provision", AgentReply, json=payload)

@@ -1,5 +1,6 @@
 """Authoritative lifecycle models, one module per sub-domain."""
 from .accounts import AccountQuota, ApiToken
+from .agents import AgentCredential, AgentHeartbeat
 from .allocations import Allocation, AllocationPool
 from .audit import AuditEvent
 from .instances import ContainerInstance
@@ -8,6 +9,8 @@ from .operations import Operation
 
 __all__ = (
     "AccountQuota",
+    "AgentCredential",
+    "AgentHeartbeat",
     "Allocation",
     "AllocationPool",
     "ApiToken",

@@ -16,7 +16,7 @@ class Operation(models.Model):
     instance = models.ForeignKey(
         "lifecycle.ContainerInstance", on_delete=models.CASCADE, related_name="operations"
     )
-    kind = models.CharField(max_length=16, choices=OperationKind.choices)
+    kind = models.CharField(max_length=24, choices=OperationKind.choices)
     state = models.CharField(
         max_length=12, choices=OperationState.choices, default=OperationState.QUEUED
     )

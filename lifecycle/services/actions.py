@@ -47,7 +47,8 @@ def server_request(*, instance_id: Any, kind: str, actor: Actor,
         if active is not None:
             raise OperationInProgress(
                 f"A {active[0]} operation is {active[1]} on this server; wait for it to finish.")
-        desired = spec.desired_after or params["target"]
+        # A kind that never changes the status (rotate_credential) leaves the desired state.
+        desired = spec.desired_after or params.get("target") or inst.desired_state
         ContainerInstance.objects.filter(pk=inst.pk).update(desired_state=desired)
         try:
             with transaction.atomic():

@@ -36,6 +36,7 @@ OPERATION_ACTIONS = {
     "soft_delete": ("running", "delete"),
     "restore": ("deleted", "restore"),
     "purge_now": ("deleted", "purge"),
+    "rotate_agent_credential": ("running", "rotate_credential"),
 }
 FLAG_ACTIONS = {"toggle_maintenance_lock": "maintenance_lock", "suspend": "suspended",
                 "unsuspend": "suspended"}

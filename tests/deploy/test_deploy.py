@@ -2,6 +2,7 @@
 the documented environment, the compose file and the systemd units."""
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -51,7 +52,7 @@ def test_make_demo_runs_every_sample_and_every_url_answers(tmp_path):
 
 
 #: Every secret the running system needs; zlh.settings_production refuses to start without any.
-REQUIRED_SECRETS = ("SECRET_KEY", "PROXMOX_TOKEN_SECRET", "AGENT_TOKEN",
+REQUIRED_SECRETS = ("SECRET_KEY", "PROXMOX_TOKEN_SECRET", "AGENT_CREDENTIAL_KEYS",
                     "VELOCITY_FORWARDING_SECRET", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_ZONE_ID",
                     "TECHNITIUM_TOKEN", "VELOCITY_BRIDGE_TOKEN")
 
@@ -62,6 +63,7 @@ def _production_env(**over: str) -> dict[str, str]:
     env.update(_env_example())
     env.update({name: f"dummy-{name.lower()}-{os.urandom(8).hex()}" for name in REQUIRED_SECRETS})
     env["SECRET_KEY"] = os.urandom(32).hex() + "Zz-9!x"
+    env["AGENT_CREDENTIAL_KEYS"] = base64.urlsafe_b64encode(os.urandom(32)).decode()  # Fernet
     env["DATABASE_URL"] = f"mysql://zlh:{os.urandom(8).hex()}@10.0.0.5:3306/zlh"
     env["DJANGO_SETTINGS_MODULE"] = "zlh.settings_production"
     env.update(over)

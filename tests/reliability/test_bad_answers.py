@@ -115,7 +115,7 @@ def test_an_agent_status_of_the_wrong_shape_is_a_bad_answer(stack, worker, owner
     inst = running(owner, "shape")
     stack.agents("POST", "/_sim/faults", json={"method": "GET", "path": "/status$",
                                                "status": 200, "body": body, "count": 1})
-    client = AgentClient.for_instance(ip=inst.ip, vmid=inst.vmid)
+    client = AgentClient.for_server(inst)
     with pytest.raises(AgentError) as caught:
         client.status()
     assert caught.value.kind == "bad_answer" and caught.value.retryable

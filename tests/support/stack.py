@@ -39,6 +39,9 @@ FAST = {
     "RECONCILER_LEASE_SECONDS": "15",
     "RECONCILER_BREAKER_COOLDOWN_SECONDS": "2",
     "NOTIFY_BACKOFF_MAX_SECONDS": "1",
+    # The agents' heartbeats go nowhere (the discard port) unless a test points the devstack
+    # at its live server (`/_sim/agents/heartbeat-target`).
+    "AGENT_HEARTBEAT_URL": "http://127.0.0.1:9/api/v1/agents/{server_id}/heartbeat",
 }
 
 

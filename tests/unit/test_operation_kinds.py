@@ -48,17 +48,29 @@ def test_statuses_named_are_real(kind):
     statuses = set(S.values)
     assert spec.requestable_from and spec.requestable_from <= statuses
     assert spec.begins_from and spec.begins_from <= statuses
-    assert spec.working in statuses
+    assert spec.working is None or spec.working in statuses
     assert spec.ends_in is None or spec.ends_in in statuses
     assert spec.desired_after is None or spec.desired_after in DesiredState.values
 
 
-@pytest.mark.parametrize("kind", KINDS)
+#: Kinds that never change the server's status (no working status, no end status).
+IN_PLACE = [k for k in KINDS if SPECS[k].working is None]
+
+
+def test_only_the_credential_rotation_keeps_the_status():
+    assert IN_PLACE == [OperationKind.ROTATE_CREDENTIAL]
+    for kind in IN_PLACE:
+        spec = SPECS[kind]
+        assert spec.ends_in is None and spec.desired_after is None
+        assert spec.begins_from == spec.requestable_from
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k not in IN_PLACE])
 def test_the_working_status_is_transient(kind):
     assert SPECS[kind].working in TRANSIENT_STATUSES
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [k for k in KINDS if k not in IN_PLACE])
 def test_every_begin_status_may_move_to_working(kind):
     spec = SPECS[kind]
     for status in spec.begins_from:
@@ -104,8 +116,9 @@ def test_delete_is_possible_from_every_live_status():
     assert LIVE_STATUSES <= SPECS[OperationKind.DELETE].begins_from
 
 
-def test_only_purge_is_staff_only_and_confirmed():
-    assert [k for k, s in SPECS.items() if s.staff_only] == [OperationKind.PURGE]
+def test_only_purge_and_the_credential_rotation_are_staff_only_and_purge_confirmed():
+    assert sorted(k for k, s in SPECS.items() if s.staff_only) == \
+        sorted([OperationKind.PURGE, OperationKind.ROTATE_CREDENTIAL])
     assert [k for k, s in SPECS.items() if s.confirm] == [OperationKind.PURGE]
 
 

@@ -9,7 +9,7 @@ from ...choices import InstanceStatus as S
 from ...clients.proxmox import PowerState
 from ..context import OperationContext
 from ..steps import RESTART_STOP_DONE, Step
-from ..steps.agent import agent_for, wait_agent, wait_ready
+from ..steps.agent import agent_session, wait_ready
 from ..steps.edge import publish_step, velocity_unregister_step
 from ..steps.proxmox import container_power, container_start, container_stop, proxmox
 from ..steps.status import begin, finish, record_failure, settle_on_failure
@@ -17,13 +17,13 @@ from . import Flow
 
 
 def start_steps(ctx: OperationContext) -> None:
-    """Container running, agent up, game started, ready, edge published."""
+    """Container running, agent up and holding the current credential, game started, ready,
+    edge published."""
     pve = proxmox()
     inst = container_start(ctx, pve, ctx.instance())  # the fresh row: it may have moved
     ctx.checkpoint(Step.STARTED, f"CT {inst.vmid} running")
-    agent = agent_for(inst)
+    agent, _ = agent_session(ctx, inst)  # a rotation made while stopped is delivered here
     try:
-        wait_agent(ctx, agent)
         agent.game_start()
         wait_ready(ctx, agent)
     finally:

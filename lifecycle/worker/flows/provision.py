@@ -1,5 +1,5 @@
-"""Provision: ensure the container → start it → send the agent its payload (installed before
-the first boot) → wait for ready → publish the edge → running."""
+"""Provision: ensure the container → start it → give the agent its credential → send it the
+payload (installed before the first boot) → wait for ready → publish the edge → running."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +11,7 @@ from ...clients.agent import AgentState
 from ...models import ContainerInstance
 from ..context import OperationContext
 from ..steps import Step
-from ..steps.agent import agent_for, wait_agent, wait_ready
+from ..steps.agent import agent_session, wait_ready
 from ..steps.edge import publish_step
 from ..steps.payload import provisioning_payload
 from ..steps.proxmox import container_start, ensure_container, proxmox
@@ -26,9 +26,8 @@ def run(ctx: OperationContext) -> None:
     inst = container_start(ctx, pve, inst)
     ctx.checkpoint(Step.STARTED, f"CT {inst.vmid} running")
 
-    agent = agent_for(inst)
+    agent, status = agent_session(ctx, inst)  # enrolled before anything else is sent
     try:
-        status = wait_agent(ctx, agent)
         state = status.get("state")
         if state == AgentState.FAILED or not (
             status.get("provisioningComplete") or state == AgentState.INSTALLING

@@ -13,6 +13,7 @@ from notifications.services import notify_lifecycle
 
 from ...choices import DesiredState
 from ...choices import InstanceStatus as S
+from ...services.agent_credentials import agent_credential_rotate
 from ...services.allocations import allocation_release_to_quarantine
 from ...services.nodes import node_release_memory
 from ..context import OperationContext
@@ -44,9 +45,14 @@ def _run_restore(ctx: OperationContext) -> None:
     if inst.status == S.DELETED and inst.purge_after and inst.purge_after <= db_now():
         raise StepError("the restore window has passed", kind="window_passed")
     begin(ctx)
+    if not ctx.step:  # once per restore: a retry after this checkpoint keeps that version
+        with transaction.atomic():
+            version = agent_credential_rotate(instance_id=ctx.instance_id, actor=ctx.actor,
+                                              reason="restore")
+            ctx.checkpoint(Step.ROTATED, f"agent credential v{version} made for the restore")
     target = ctx.params.get("target", DesiredState.RUNNING)
     if target == DesiredState.RUNNING:
-        start_steps(ctx)
+        start_steps(ctx)  # enrols the new version (the agent's old one authenticates it)
     finish(ctx, expected=ctx.spec.working,
            to=S.RUNNING if target == DesiredState.RUNNING else S.STOPPED,
            fields={"deleted_at": None, "purge_after": None})

@@ -11,6 +11,8 @@ class Step(StrEnum):
     CONTAINER = "container"      # our container exists (created or adopted)
     STARTED = "started"          # the container runs
     AGENT = "agent"              # the agent answers
+    CREDENTIAL = "credential"    # the agent holds the server's current credential
+    ROTATED = "rotated"          # a new credential version was made (rotation, restore)
     PAYLOAD = "payload"          # the agent has the provisioning payload
     READY = "ready"              # the game (or IDE) is ready
     EDGE = "edge"                # DNS and Velocity published and seen live
@@ -21,4 +23,5 @@ class Step(StrEnum):
 
 
 #: Checkpoints after which a restart's stop half is done.
-RESTART_STOP_DONE = frozenset({Step.STOPPED, Step.STARTED, Step.AGENT, Step.READY})
+RESTART_STOP_DONE = frozenset({Step.STOPPED, Step.STARTED, Step.AGENT, Step.CREDENTIAL,
+                               Step.READY})
