@@ -2,6 +2,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from .agents import HeartbeatView
 from .views import (
     NodeListView,
     OperationDetailView,
@@ -18,5 +19,6 @@ urlpatterns = [
     path("me/quota", QuotaView.as_view(), name="me-quota"),
     path("nodes", NodeListView.as_view(), name="node-list"),
     path("velocity/resync", VelocityResyncView.as_view(), name="velocity-resync"),
+    path("agents/<str:server_id>/heartbeat", HeartbeatView.as_view(), name="agent-heartbeat"),
     *router.urls,
 ]
