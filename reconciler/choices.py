@@ -21,6 +21,12 @@ class FindingType(models.TextChoices):
     EDGE_ORPHAN = "edge_orphan", "Edge orphan"
     AGENT_UNREACHABLE = "agent_unreachable", "Agent unreachable"
     CRASH_LOOP = "crash_loop", "Crash loop"
+    #: The agent answers when asked, but its heartbeats do not arrive.
+    HEARTBEAT_STALE = "heartbeat_stale", "Heartbeats not arriving"
+    #: Memory above AGENT_MEMORY_PRESSURE_PERCENT for several heartbeats in a row.
+    MEMORY_PRESSURE = "memory_pressure", "Memory pressure"
+    #: The agent is still driven with the old shared token (migration path).
+    AGENT_LEGACY_CREDENTIAL = "agent_legacy_credential", "Agent on the shared token"
     PURGE_DUE = "purge_due", "Purge overdue"
 
 

@@ -178,7 +178,10 @@ def _agent(world: World, iid: str, inst: dict[str, Any], ct: dict[str, Any],
     if not (inst["status"] == S.RUNNING and ct.get("status") == PowerState.RUNNING
             and _healthy(world, ObservedSource.AGENTS)):
         return
-    agent = world.agents.get(iid, "absent")
+    if iid in world.legacy_agents:
+        out.append(FindingSpec(FindingType.AGENT_LEGACY_CREDENTIAL, Action.NOTIFY, iid, iid,
+                               {**facts, "until": settings.AGENT_LEGACY_TOKEN_UNTIL or "-"}))
+    agent = world.agents.get(iid, "absent")  # absent: over the probe budget, not observed
     if agent is None:
         out.append(FindingSpec(FindingType.AGENT_UNREACHABLE, Action.NOTIFY, iid, iid, facts))
     elif isinstance(agent, dict):
@@ -187,6 +190,14 @@ def _agent(world: World, iid: str, inst: dict[str, Any], ct: dict[str, Any],
             out.append(FindingSpec(FindingType.CRASH_LOOP, Action.NOTIFY, iid, iid,
                                    {**facts, "crashes": crash.get("count"),
                                     "reason": crash.get("reason")}))
+        streak = agent.get("memoryHighStreak") or 0
+        if streak >= settings.RECONCILER_MEMORY_PRESSURE_HEARTBEATS:
+            out.append(FindingSpec(FindingType.MEMORY_PRESSURE, Action.NOTIFY, iid, iid,
+                                   {**facts, "heartbeats_above": streak,
+                                    "percent": settings.AGENT_MEMORY_PRESSURE_PERCENT}))
+        if iid in world.silent_heartbeats and settings.RECONCILER_EXPECT_HEARTBEATS:
+            out.append(FindingSpec(FindingType.HEARTBEAT_STALE, Action.NOTIFY, iid, iid,
+                                   facts))
 
 
 def _orphan_containers(world: World, out: list[FindingSpec]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -25,7 +25,13 @@ from lifecycle.choices import (
 )
 from lifecycle.clients.agent import AgentClient, AgentError
 from lifecycle.clients.proxmox import PowerState, ProxmoxClient, ProxmoxError
-from lifecycle.models import Allocation, ContainerInstance, Operation
+from lifecycle.models import (
+    AgentCredential,
+    AgentHeartbeat,
+    Allocation,
+    ContainerInstance,
+    Operation,
+)
 from lifecycle.services.edge import edge_target_for
 
 logger = logging.getLogger(__name__)
@@ -72,6 +78,12 @@ class World:
     #: server created while we listed is not mistaken for the owner-less one of an orphan.
     known_ids: set[str] = field(default_factory=set)
     known_slugs: set[str] = field(default_factory=set)
+    #: Agents asked directly (their heartbeat stale or missing) that answered.
+    silent_heartbeats: set[str] = field(default_factory=set)
+    #: Agents with a stale or missing heartbeat left unasked this cycle (over the budget).
+    unprobed_agents: int = 0
+    #: Servers whose agent is still driven with the old shared token (AgentCredential).
+    legacy_agents: set[str] = field(default_factory=set)
 
 
 def observe(*, renew=lambda: None) -> World:
@@ -99,6 +111,8 @@ def observe(*, renew=lambda: None) -> World:
     _observe_edge(world)
     renew()
     _observe_agents(world)
+    world.legacy_agents = {str(i) for i in AgentCredential.objects.filter(
+        legacy_since__isnull=False).values_list("server_id", flat=True)}
     for iid, slug in ContainerInstance.objects.exclude(status=InstanceStatus.PURGED).values_list(
             "id", "slug"):
         world.known_ids.add(str(iid))
@@ -166,8 +180,47 @@ def should_have_agent(world: World, inst: dict[str, Any]) -> bool:
     return ct is not None and ct.get("status") == PowerState.RUNNING
 
 
+def heartbeat_stale_after() -> float:
+    """Seconds after which a heartbeat no longer counts as an observation."""
+    return float(settings.AGENT_HEARTBEAT_STALE_SECONDS
+                 or 3 * settings.AGENT_HEARTBEAT_INTERVAL_SECONDS)
+
+
+def heartbeat_as_status(row: dict[str, Any]) -> dict[str, Any]:
+    """A heartbeat in the shape of the agent's `/status` answer (what diff reads)."""
+    crash = row["last_crash"] or {}
+    return {"state": row["state"], "provisioningComplete": row["provisioning_complete"],
+            "ready": row["ready"],
+            "crash": ({"count": row["crash_count"], "reason": crash.get("classification")}
+                      if row["crash_count"] else None),
+            "memoryHighStreak": row["memory_high_streak"], "viaHeartbeat": True}
+
+
 def _observe_agents(world: World) -> None:
+    """Agents push heartbeats; one query reads them all. Only an agent whose heartbeat is
+    missing or stale is asked directly, at most RECONCILER_AGENT_PROBE_BUDGET per cycle (those
+    never heard from first, then the stalest); the rest stay unobserved this cycle (nothing is
+    concluded about them) and come up in later cycles."""
     wanted = [i for i in world.instances.values() if should_have_agent(world, i)]
+    if not wanted:
+        world.sources[ObservedSource.AGENTS] = Health.HEALTHY
+        world.calls[ObservedSource.AGENTS] = 0
+        return
+    fields = ("server_id", "received_at", "state", "provisioning_complete", "ready",
+              "crash_count", "last_crash", "memory_high_streak")
+    beats = {str(row["server_id"]): row for row in AgentHeartbeat.objects.values(*fields)}
+    cutoff = world.now - timedelta(seconds=heartbeat_stale_after())
+    stale: list[tuple[datetime | None, dict[str, Any]]] = []
+    for inst in wanted:
+        row = beats.get(str(inst["id"]))
+        if row is not None and row["received_at"] >= cutoff:
+            world.agents[str(inst["id"])] = heartbeat_as_status(row)
+        else:
+            stale.append((row["received_at"] if row else None, inst))
+    stale.sort(key=lambda item: (item[0] is not None, item[0] or world.now))
+    budget = max(0, settings.RECONCILER_AGENT_PROBE_BUDGET)
+    probe = [inst for _, inst in stale[:budget]]
+    world.unprobed_agents = len(stale) - len(probe)
 
     def check(inst: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         client = AgentClient.for_instance(ip=inst["ip"], vmid=inst["vmid"], server_id=inst["id"])
@@ -179,17 +232,22 @@ def _observe_agents(world: World) -> None:
         finally:
             client.close()
 
-    if not wanted:
-        world.sources[ObservedSource.AGENTS] = Health.HEALTHY
-        return
-    with ThreadPoolExecutor(max_workers=settings.RECONCILER_AGENT_PARALLELISM) as pool:
-        for server_id, status in pool.map(check, wanted):
-            world.agents[server_id] = status
-    world.calls[ObservedSource.AGENTS] = len(wanted)
-    failed = sum(1 for s in world.agents.values() if s is None)
-    # Every agent silent at once is a network problem on our side, not N broken servers.
-    if len(wanted) >= 3 and failed == len(wanted):
+    answered = 0
+    if probe:
+        with ThreadPoolExecutor(max_workers=settings.RECONCILER_AGENT_PARALLELISM) as pool:
+            for server_id, status in pool.map(check, probe):
+                world.agents[server_id] = status
+                if status is not None:
+                    answered += 1
+                    # It answers when asked but its heartbeats do not arrive.
+                    world.silent_heartbeats.add(server_id)
+    world.calls[ObservedSource.AGENTS] = len(probe)
+    world.calls["agent_heartbeats"] = len(wanted) - len(stale)
+    # Every probed agent silent at once is a network problem on our side, not N broken
+    # servers (and with heartbeats missing too: the receiver or the way to it).
+    if len(probe) >= 3 and answered == 0:
         world.sources[ObservedSource.AGENTS] = Health.UNKNOWN
-        world.problems[ObservedSource.AGENTS] = f"agents unknown: none of {len(wanted)} answered"
+        world.problems[ObservedSource.AGENTS] = (
+            f"agents unknown: none of {len(probe)} asked directly answered")
     else:
         world.sources[ObservedSource.AGENTS] = Health.HEALTHY

@@ -360,6 +360,17 @@ RECONCILER_PURGE_GRACE_SECONDS = env.int("RECONCILER_PURGE_GRACE_SECONDS", defau
 RECONCILER_AGENT_PARALLELISM = env.int("RECONCILER_AGENT_PARALLELISM", default=16)
 RECONCILER_AGENT_TIMEOUT = env.float("RECONCILER_AGENT_TIMEOUT", default=2.0)
 RECONCILER_CRASH_LOOP_THRESHOLD = env.int("RECONCILER_CRASH_LOOP_THRESHOLD", default=3)
+# Heartbeats instead of polling: an agent whose heartbeat is fresher than
+# AGENT_HEARTBEAT_STALE_SECONDS (0: three intervals) is not asked; at most
+# RECONCILER_AGENT_PROBE_BUDGET of the others are asked directly per cycle (never heard from
+# first, then the stalest). RECONCILER_EXPECT_HEARTBEATS: an agent that answers when asked but
+# sends no heartbeats is a finding (off while old agents without heartbeats are still about).
+AGENT_HEARTBEAT_STALE_SECONDS = env.int("AGENT_HEARTBEAT_STALE_SECONDS", default=0)
+RECONCILER_AGENT_PROBE_BUDGET = env.int("RECONCILER_AGENT_PROBE_BUDGET", default=50)
+RECONCILER_EXPECT_HEARTBEATS = env.bool("RECONCILER_EXPECT_HEARTBEATS", default=True)
+# Memory pressure: this many heartbeats in a row above AGENT_MEMORY_PRESSURE_PERCENT.
+RECONCILER_MEMORY_PRESSURE_HEARTBEATS = env.int("RECONCILER_MEMORY_PRESSURE_HEARTBEATS",
+                                                default=3)
 
 # ---------------------------------------------------------------------------------------------
 # Answers from outside systems (core/http.py): the largest body read from each, in bytes. Each

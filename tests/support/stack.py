@@ -42,6 +42,8 @@ FAST = {
     # The agents' heartbeats go nowhere (the discard port) unless a test points the devstack
     # at its live server (`/_sim/agents/heartbeat-target`).
     "AGENT_HEARTBEAT_URL": "http://127.0.0.1:9/api/v1/agents/{server_id}/heartbeat",
+    # ...so the reconciler does not expect them either, unless a test says so.
+    "RECONCILER_EXPECT_HEARTBEATS": "0",
 }
 
 
