@@ -4,12 +4,16 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from lifecycle.api import health
+from reconciler.api import ServerStatusView
 
 admin.site.site_header = "ZeroLagHub operator panel"
 admin.site.site_title = "ZLH operator"
 admin.site.index_title = "Platform"
 
 urlpatterns = [
+    # What is observed of a server comes from the reconciler (it observes); same API, same
+    # authentication and owner scoping as the lifecycle routes beside it.
+    path("api/v1/servers/<uuid:pk>/status", ServerStatusView.as_view(), name="server-status"),
     path("api/v1/", include("lifecycle.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -102,23 +102,6 @@ class ServerSerializer(serializers.ModelSerializer):
         return OperationBriefSerializer(data).data if data else None
 
 
-class ObservationSerializer(serializers.Serializer):
-    state = serializers.CharField(help_text="'unknown' until an observation exists")
-    observed_at = serializers.DateTimeField(allow_null=True)
-
-
-class ServerStatusSerializer(serializers.Serializer):
-    id = serializers.UUIDField()
-    status = serializers.ChoiceField(choices=InstanceStatus.choices)
-    desired_state = serializers.ChoiceField(choices=DesiredState.choices)
-    status_changed_at = serializers.DateTimeField()
-    power = ObservationSerializer()
-    agent = ObservationSerializer()
-    edge = ObservationSerializer()
-    last_error = serializers.JSONField(allow_null=True)
-    operation = OperationSerializer(allow_null=True)
-
-
 class QuotaSerializer(serializers.Serializer):
     max_servers = serializers.IntegerField()
     max_memory_mb = serializers.IntegerField()

@@ -30,7 +30,6 @@ from .serializers import (
     QuotaSerializer,
     ServerCreateInput,
     ServerSerializer,
-    ServerStatusSerializer,
 )
 from .throttling import CreateThrottle, UserBurstThrottle
 
@@ -107,26 +106,6 @@ class ServerViewSet(viewsets.GenericViewSet):
             headers["Idempotent-Replayed"] = "true"
         return Response(ServerSerializer(server).data, status=status.HTTP_202_ACCEPTED,
                         headers=headers)
-
-    @extend_schema(responses={200: ServerStatusSerializer, **_ERRORS})
-    @action(detail=True, methods=["get"], url_path="status")
-    def status_detail(self, request, pk=None):
-        server = self._get_server(pk)
-        op = Operation.objects.filter(instance_id=server.id).order_by("-created_at").first()
-        unknown = {"state": "unknown", "observed_at": None}
-        data = {
-            "id": server.id,
-            "status": server.status,
-            "desired_state": server.desired_state,
-            "status_changed_at": server.status_changed_at,
-            "power": unknown,
-            "agent": unknown,
-            "edge": unknown,
-            "last_error": server.last_error,
-            "operation": OperationSerializer(op).data if op else None,
-        }
-        return Response(ServerStatusSerializer(data).data)
-
 
     # --- actions: each answers 202 with the operation that carries it out ------------------
     def _act(self, request, pk, kind, params=None):
