@@ -37,6 +37,10 @@ def control_plane_env(endpoints: dict[str, Any]) -> dict[str, str]:
         "VELOCITY_BRIDGE_URL": vel["url"],
         "VELOCITY_BRIDGE_TOKEN": vel["token"],
         "VELOCITY_PUBLIC_IP": vel["public_ip"],
+        # Everything of the devstack runs on this machine: the container firewall's sources.
+        "FIREWALL_CONTROL_PLANE_SOURCES": "127.0.0.1",
+        "FIREWALL_VELOCITY_SOURCES": "127.0.0.1",
+        "FIREWALL_IDE_PROXY_SOURCES": "127.0.0.1",
         **{f"DISCORD_WEBHOOK_{name.upper()}": url
            for name, url in endpoints["discord"]["webhooks"].items()},
     }

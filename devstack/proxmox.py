@@ -4,6 +4,10 @@ controls on the same HTTPS port.
 Beyond the shared faults: a node offline, a held config lock, a task that ends in `TASK ERROR`,
 the time scale, and a read-only view of the containers for tests.
 
+The firewall is fakepve's (options, rules, IP sets; kept per VMID, so it travels with a
+migration). The devstack starts with the datacenter firewall on, and a destroyed container's
+firewall config goes with it, as in PVE.
+
 Moving a container between nodes, two ways:
 - PVE's own `POST /nodes/{node}/lxc/{vmid}/migrate` (`target`, and `restart=1` for a running
   container) is fakepve's: a `vzmigrate` task that holds the `migrate` lock, shuts a running
@@ -53,6 +57,10 @@ class DevPve(FakePve):
 
     def _setup_world(self) -> None:
         self.nodes = {name: {"online": True} for name in self.node_names}
+        # A cluster set up as the firewall needs it: the datacenter firewall on (the guest
+        # rules only filter then), as the operator's runbook asks.
+        self.__dict__.pop("_fw_state", None)
+        self.firewall_config("cluster")["options"]["enable"] = 1
         self.store_file(OSTEMPLATE_STORAGE, OSTEMPLATE_NAME, 128 * 1024**2, content="vztmpl")
         # PVE seconds the container tasks take (scaled by time_scale; nothing at 0).
         self.ct_secs.update(create=4, destroy=2)
@@ -66,6 +74,12 @@ class DevPve(FakePve):
         self.requests.clear()
         self.storages[OSTEMPLATE_STORAGE]["volumes"] = {}
         self._setup_world()
+
+    def _drop(self, ct) -> None:
+        """A destroyed container's firewall config goes with it, as in PVE (`pct destroy`
+        removes the VMID's `.fw` file); fakepve's LXC side keeps it."""
+        super()._drop(ct)
+        self._fw()["guests"].pop(int(ct.vmid), None)
 
     # --- a task that ends in TASK ERROR -----------------------------------------------------
     async def task(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):

@@ -238,6 +238,17 @@ PROXMOX_STORAGE = env.str("PROXMOX_STORAGE", default="local-lvm")
 PROXMOX_BRIDGE = env.str("PROXMOX_BRIDGE", default="vmbr0")
 # Bound on waiting for one Proxmox task (create, start, shutdown, destroy).
 PROXMOX_TASK_TIMEOUT = env.float("PROXMOX_TASK_TIMEOUT", default=300.0)
+# The container firewall (lifecycle/firewall.py): every container's net0 gets firewall=1,
+# incoming policy DROP and one rule per port, each open only to one cluster IP set that these
+# lists fill (addresses or CIDRs, comma-separated): the agent port to the control plane's
+# addresses (workers, reconciler), the game port to Velocity's, the IDE port to the IDE
+# proxy's. Enable the datacenter firewall yourself (it also filters the nodes); the
+# reconciler reports it while it is off.
+PROXMOX_FIREWALL = env.bool("PROXMOX_FIREWALL", default=True)
+FIREWALL_CONTROL_PLANE_SOURCES = env.list("FIREWALL_CONTROL_PLANE_SOURCES",
+                                          default=["127.0.0.1"])
+FIREWALL_VELOCITY_SOURCES = env.list("FIREWALL_VELOCITY_SOURCES", default=[])
+FIREWALL_IDE_PROXY_SOURCES = env.list("FIREWALL_IDE_PROXY_SOURCES", default=[])
 
 # ---------------------------------------------------------------------------------------------
 # The agent inside each container. {ip} and {vmid} are filled in per server.
@@ -371,6 +382,10 @@ RECONCILER_EXPECT_HEARTBEATS = env.bool("RECONCILER_EXPECT_HEARTBEATS", default=
 # Memory pressure: this many heartbeats in a row above AGENT_MEMORY_PRESSURE_PERCENT.
 RECONCILER_MEMORY_PRESSURE_HEARTBEATS = env.int("RECONCILER_MEMORY_PRESSURE_HEARTBEATS",
                                                 default=3)
+# Container firewalls checked per cycle (3 Proxmox calls each; never checked first, then the
+# longest unchecked), so a fleet of N is swept every N / this many cycles; 0: none.
+RECONCILER_FIREWALL_CHECKS = env.int("RECONCILER_FIREWALL_CHECKS", default=30)
+RECONCILER_FIREWALL_PARALLELISM = env.int("RECONCILER_FIREWALL_PARALLELISM", default=4)
 
 # ---------------------------------------------------------------------------------------------
 # Answers from outside systems (core/http.py): the largest body read from each, in bytes. Each

@@ -54,6 +54,16 @@ TECHNITIUM_TOKEN = _required("TECHNITIUM_TOKEN")
 VELOCITY_BRIDGE_TOKEN = _required("VELOCITY_BRIDGE_TOKEN")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
 
+# With the container firewall on, empty source lists would shut the control plane out of
+# every agent and Velocity out of every game server: refuse to start with them.
+if PROXMOX_FIREWALL:  # noqa: F405
+    for _name in ("FIREWALL_CONTROL_PLANE_SOURCES", "FIREWALL_VELOCITY_SOURCES"):
+        if not [a for a in env.list(_name, default=[]) if a.strip()]:
+            raise ImproperlyConfigured(
+                f"{_name} is not set: the container firewall (PROXMOX_FIREWALL) opens each "
+                "container's ports only to these addresses; set them (see deploy/env.example) "
+                "or set PROXMOX_FIREWALL=false.")
+
 #: Database passwords that are not secrets: the development default and the example's
 #: placeholder. Production refuses them, and refuses to fall back to the default URL.
 PLACEHOLDER_DB_PASSWORDS = frozenset({"", "zlh", "CHANGE-ME"})

@@ -26,7 +26,7 @@ from django.conf import settings
 from proxmoxer import ProxmoxAPI, ResourceException
 
 from core.errors import ExternalError
-from core.http import Answer, BadAnswer, BoundedAdapter, parse
+from core.http import Answer, BadAnswer, BoundedAdapter, clipped, parse
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,42 @@ class TaskState(Answer):
     exitstatus: str | None = pydantic.Field(default=None, max_length=4096)
 
 
+class FirewallOptions(Answer):
+    """`…/firewall/options` of a container or of the cluster (the fields we read)."""
+
+    enable: int | None = None
+    policy_in: str | None = pydantic.Field(default=None, max_length=16)
+    policy_out: str | None = pydantic.Field(default=None, max_length=16)
+
+
+class FirewallRule(Answer):
+    """One rule of `…/firewall/rules`. Free text is clipped: anyone with access to the
+    Proxmox panel may have written it."""
+
+    pos: int = pydantic.Field(ge=0, lt=100_000)
+    type: str = pydantic.Field(max_length=16)
+    action: str = pydantic.Field(max_length=64)
+    enable: int | None = None
+    proto: str | None = pydantic.Field(default=None, max_length=32)
+    dport: str | None = pydantic.Field(default=None, max_length=256)
+    sport: str | None = pydantic.Field(default=None, max_length=256)
+    source: str | None = pydantic.Field(default=None, max_length=4096)
+    dest: str | None = pydantic.Field(default=None, max_length=4096)
+    macro: str | None = pydantic.Field(default=None, max_length=64)
+    iface: str | None = pydantic.Field(default=None, max_length=32)
+    comment: clipped(512) | None = None  # type: ignore[valid-type]
+    digest: str | None = pydantic.Field(default=None, max_length=64)
+
+
+class IpsetName(Answer):
+    name: str = pydantic.Field(min_length=1, max_length=64)
+
+
+class IpsetEntry(Answer):
+    cidr: str = pydantic.Field(min_length=1, max_length=64)
+    nomatch: int | None = None
+
+
 #: A UPID: "UPID:node:pid:pstart:starttime:type:id:user:" (PVE's task id).
 Upid = pydantic.constr(pattern=r"^UPID:[^:]+:", max_length=512)
 
@@ -251,6 +287,69 @@ class ProxmoxClient:
         return self._call("list cluster resources",
                           lambda: self.api.cluster.resources.get(type="vm"),
                           list[ClusterResource])
+
+    # --- firewall (PVE keeps a guest's firewall by VMID: it travels with a migration) -------------
+    def cluster_firewall_options(self) -> dict[str, Any]:
+        return self._call("read the cluster firewall options",
+                          lambda: self.api.cluster.firewall.options.get(), FirewallOptions)
+
+    def ipsets(self) -> list[str]:
+        """The names of the cluster's IP sets."""
+        rows = self._call("list the cluster IP sets",
+                          lambda: self.api.cluster.firewall.ipset.get(), list[IpsetName])
+        return [row["name"] for row in rows]
+
+    def ipset(self, name: str) -> list[dict[str, Any]]:
+        return self._call(f"read IP set {name}",
+                          lambda: self.api.cluster.firewall.ipset(name).get(), list[IpsetEntry])
+
+    def ipset_create(self, name: str, *, comment: str) -> None:
+        self._call(f"create IP set {name}",
+                   lambda: self.api.cluster.firewall.ipset.post(name=name, comment=comment))
+
+    def ipset_add(self, name: str, cidr: str) -> None:
+        self._call(f"add {cidr} to IP set {name}",
+                   lambda: self.api.cluster.firewall.ipset(name).post(cidr=cidr))
+
+    def ipset_remove(self, name: str, cidr: str) -> None:
+        self._call(f"remove {cidr} from IP set {name}",
+                   lambda: self.api.cluster.firewall.ipset(name)(cidr).delete())
+
+    def ct_firewall_options(self, node: str, vmid: int) -> dict[str, Any]:
+        return self._call(f"read the firewall options of CT {vmid}",
+                          lambda: self.api.nodes(node).lxc(vmid).firewall.options.get(),
+                          FirewallOptions)
+
+    def ct_firewall_options_set(self, node: str, vmid: int, **options: Any) -> None:
+        self._call(f"set the firewall options of CT {vmid}",
+                   lambda: self.api.nodes(node).lxc(vmid).firewall.options.put(**options))
+
+    def ct_firewall_rules(self, node: str, vmid: int) -> list[dict[str, Any]]:
+        """The container's rules in order (`pos` 0 is evaluated first)."""
+        return self._call(f"read the firewall rules of CT {vmid}",
+                          lambda: self.api.nodes(node).lxc(vmid).firewall.rules.get(),
+                          list[FirewallRule])
+
+    def ct_firewall_rule_add(self, node: str, vmid: int, **rule: Any) -> None:
+        """Add a rule (PVE puts it first)."""
+        self._call(f"add a firewall rule to CT {vmid}",
+                   lambda: self.api.nodes(node).lxc(vmid).firewall.rules.post(**rule))
+
+    def ct_firewall_rule_delete(self, node: str, vmid: int, pos: int, *, digest: str) -> None:
+        """Delete the rule at `pos`, only if the rules are still those `digest` was read with
+        (PVE refuses otherwise: someone changed them meanwhile)."""
+        self._call(f"delete firewall rule {pos} of CT {vmid}",
+                   lambda: self.api.nodes(node).lxc(vmid).firewall.rules(pos).delete(
+                       digest=digest))
+
+    def ct_config_set(self, node: str, vmid: int, *, digest: str | None = None,
+                      **params: Any) -> None:
+        """Change the container's config (synchronous for network options); with `digest`,
+        only if the config is still the one read."""
+        if digest:
+            params["digest"] = digest
+        self._call(f"change the config of CT {vmid}",
+                   lambda: self.api.nodes(node).lxc(vmid).config.put(**params))
 
     # --- writes (each returns a UPID) -------------------------------------------------------------
     def ct_create(self, node: str, vmid: int, **params: Any) -> str:

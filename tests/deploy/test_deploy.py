@@ -86,6 +86,28 @@ def test_production_settings_refuse_a_missing_or_placeholder_database_password(u
     assert "ImproperlyConfigured" in message and "DATABASE_URL" in message, message
 
 
+@pytest.mark.parametrize("name", ["FIREWALL_CONTROL_PLANE_SOURCES", "FIREWALL_VELOCITY_SOURCES"])
+@pytest.mark.parametrize("value, refused", [(None, True), ("", True), (" , ", True),
+                                            ("10.0.0.5", False)])
+def test_production_settings_refuse_a_firewall_that_would_shut_everyone_out(name, value,
+                                                                          refused):
+    env = _production_env()
+    env.pop(name, None)
+    if value is not None:
+        env[name] = value
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode != 0) == refused, result.stdout + result.stderr
+    if refused:
+        message = result.stderr.strip().splitlines()[-1]
+        assert "ImproperlyConfigured" in message and name in message, message
+    # ...unless the firewall is off.
+    off = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO,
+                         env={**env, "PROXMOX_FIREWALL": "false"}, capture_output=True,
+                         text=True, timeout=120)
+    assert off.returncode == 0, off.stderr
+
+
 def test_production_settings_pass_check_deploy_with_the_documented_env():
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy",
                              "--fail-level", "WARNING"], cwd=REPO, env=_production_env(),

@@ -127,6 +127,13 @@ def apply_settings(settings: Any, env: dict[str, str]) -> None:
         if key.endswith("_ID") or key.endswith("_TOKEN") or key.endswith("_SECRET"):
             setattr(settings, key, value)  # identifiers and secrets stay strings
             continue
+        current = getattr(settings, key, None)
+        if isinstance(current, (list, tuple)):  # as env.list reads it
+            setattr(settings, key, [v.strip() for v in value.split(",") if v.strip()])
+            continue
+        if isinstance(current, bool):  # as env.bool reads it
+            setattr(settings, key, value.strip().lower() in ("1", "true", "yes", "on"))
+            continue
         try:
             typed: Any = float(value) if "." in value and value.replace(".", "", 1).isdigit() \
                 else int(value)

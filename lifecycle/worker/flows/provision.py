@@ -1,5 +1,6 @@
-"""Provision: ensure the container → start it → give the agent its credential → send it the
-payload (installed before the first boot) → wait for ready → publish the edge → running."""
+"""Provision: ensure the container → its firewall → start it → give the agent its credential →
+send it the payload (installed before the first boot) → wait for ready → publish the edge →
+running."""
 from __future__ import annotations
 
 from typing import Any
@@ -13,6 +14,7 @@ from ..context import OperationContext
 from ..steps import Step
 from ..steps.agent import agent_session, wait_ready
 from ..steps.edge import publish_step
+from ..steps.firewall import firewall_step
 from ..steps.payload import provisioning_payload
 from ..steps.proxmox import container_start, ensure_container, proxmox
 from ..steps.status import begin, finish, server_facts, settle_on_failure
@@ -23,6 +25,7 @@ def run(ctx: OperationContext) -> None:
     begin(ctx, fields={"last_error": None})
     pve = proxmox()
     inst = ensure_container(ctx, pve)
+    firewall_step(ctx, pve, inst)  # before the first start: the agent port is closed to others
     inst = container_start(ctx, pve, inst)
     ctx.checkpoint(Step.STARTED, f"CT {inst.vmid} running")
 

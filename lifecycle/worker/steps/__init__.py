@@ -9,6 +9,7 @@ from enum import StrEnum
 
 class Step(StrEnum):
     CONTAINER = "container"      # our container exists (created or adopted)
+    FIREWALL = "firewall"        # its firewall is as desired (before it first starts)
     STARTED = "started"          # the container runs
     AGENT = "agent"              # the agent answers
     CREDENTIAL = "credential"    # the agent holds the server's current credential

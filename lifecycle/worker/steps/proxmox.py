@@ -25,6 +25,7 @@ from ...clients.proxmox import (
     bool01,
     parse_tags,
 )
+from ...firewall import enabled as firewall_enabled
 from ...models import ContainerInstance
 from ...services.allocations import allocation_replace_vmid
 from ...services.moves import UnknownNode, server_record_move
@@ -53,7 +54,7 @@ def container_params(inst: ContainerInstance) -> dict[str, Any]:
         "cores": inst.cores,
         "rootfs": f"{settings.PROXMOX_STORAGE}:{inst.disk_gb}",
         "net0": (f"name=eth0,bridge={settings.PROXMOX_BRIDGE},ip={inst.ip}/{net.prefixlen},"
-                 f"gw={inst.node.gateway}"),
+                 f"gw={inst.node.gateway}" + (",firewall=1" if firewall_enabled() else "")),
         "tags": container_tags(inst.id),
         "unprivileged": bool01(True),
         "onboot": bool01(True),
