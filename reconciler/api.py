@@ -2,10 +2,10 @@
 
 The portal's status is what the control plane *saw*, never what it assumes: the container's
 power and node and the edge (from the reconciler's latest completed cycle, ServerObservation),
-and the agent (from its latest heartbeat). Each part is `unknown` only when it is, with the
-reason: no cycle has completed yet, the source could not be read in the latest cycle (the last
-known value is given beside), the server is newer than the latest observation, or the agent's
-heartbeat is missing or stale.
+the container firewall (from its latest check), and the agent (from its latest heartbeat). Each
+part is `unknown` only when it is, with the reason: no cycle has completed yet, the source could
+not be read in the latest cycle (the last known value is given beside), the server is newer than
+the latest observation, or the agent's heartbeat is missing or stale.
 
 It lives in the reconciler because the reconciler produces these observations; the route is
 mounted beside the lifecycle API (zlh/urls.py) with the same authentication and owner scoping.
@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
@@ -27,6 +28,7 @@ from edge.choices import Source, Verdict
 from lifecycle import selectors
 from lifecycle.api.serializers import ErrorSerializer, OperationSerializer
 from lifecycle.choices import DesiredState, InstanceStatus, Kind
+from lifecycle.firewall import enabled as firewall_enabled
 from lifecycle.models import AgentHeartbeat, ContainerInstance, Operation
 
 from .choices import RunOutcome
@@ -56,6 +58,7 @@ class StatusSerializer(serializers.Serializer):
     power = PartSerializer()
     agent = PartSerializer()
     edge = PartSerializer()
+    firewall = PartSerializer()
     last_error = serializers.JSONField(allow_null=True)
     operation = OperationSerializer(allow_null=True)
 
@@ -113,6 +116,19 @@ def edge_part(server: ContainerInstance, run: ControllerRun | None,
     return _part(state, run.started_at, since=obs.edge_since, parts=obs.edge)
 
 
+def firewall_part(server: ContainerInstance, obs: ServerObservation | None) -> dict[str, Any]:
+    """The container firewall as last checked (a few servers are checked per cycle, so this is
+    as old as `observed_at` says). What is wrong is named; other people's rules are the
+    operator's business and are not shown."""
+    if not firewall_enabled():
+        return _part("none", None, why="the container firewall is off (PROXMOX_FIREWALL)")
+    if obs is None or not obs.firewall or obs.firewall_checked_at is None:
+        return _part("unknown", None, reason="not checked yet: the reconciler checks "
+                     f"{settings.RECONCILER_FIREWALL_CHECKS} containers' firewalls per cycle")
+    return _part(obs.firewall.get("state", "unknown"), obs.firewall_checked_at,
+                 problems=obs.firewall.get("problems", []))
+
+
 def agent_part(server: ContainerInstance, hb: AgentHeartbeat | None,
                now: datetime) -> dict[str, Any]:
     """From the agent's latest heartbeat; its age is judged by the database clock that wrote
@@ -160,6 +176,7 @@ class ServerStatusView(APIView):
             "agent": agent_part(server, AgentHeartbeat.objects.filter(
                 server_id=server.id).first(), db_now()),
             "edge": edge_part(server, run, obs),
+            "firewall": firewall_part(server, obs),
             "last_error": server.last_error,
             "operation": OperationSerializer(op).data if op else None,
         }

@@ -28,6 +28,13 @@ class FindingType(models.TextChoices):
     #: The agent is still driven with the old shared token (migration path).
     AGENT_LEGACY_CREDENTIAL = "agent_legacy_credential", "Agent on the shared token"
     PURGE_DUE = "purge_due", "Purge overdue"
+    #: The container's firewall (net0 flag, options, our rules) or the cluster IP sets our
+    #: rules name differ from the desired state.
+    FIREWALL_DRIFT = "firewall_drift", "Firewall drift"
+    #: Rules in a container's firewall that are not ours (never touched; someone decided).
+    FIREWALL_FOREIGN_RULE = "firewall_foreign_rule", "Foreign firewall rule"
+    #: The datacenter firewall is off: no guest rule filters anything.
+    FIREWALL_DISABLED = "firewall_disabled", "Datacenter firewall off"
 
 
 class Action(models.TextChoices):
@@ -39,6 +46,7 @@ class Action(models.TextChoices):
     VELOCITY_REGISTER = "velocity_register", "Register with Velocity"
     VELOCITY_UNREGISTER = "velocity_unregister", "Unregister from Velocity"
     RECORD_MOVE = "record_move", "Record the container's new node"
+    FIREWALL_APPLY = "firewall_apply", "Apply the container firewall"
     START_CONTAINER = "start_container", "Start container"
     STOP_CONTAINER = "stop_container", "Stop container"
     RECREATE_CONTAINER = "recreate_container", "Recreate container"
@@ -59,6 +67,8 @@ ACTION_LEVEL = {
     Action.VELOCITY_UNREGISTER: 1,
     # Only the row changes (node, memory accounting), to follow what Proxmox already did.
     Action.RECORD_MOVE: 1,
+    # Our own rules and IP sets put back; nothing else in the firewall is touched.
+    Action.FIREWALL_APPLY: 1,
     Action.START_CONTAINER: 1,
     Action.STOP_CONTAINER: 1,
     Action.RECREATE_CONTAINER: 2,

@@ -60,6 +60,7 @@ def diff(world: World) -> list[FindingSpec]:
         _server_findings(world, iid, inst, out)
     if _proxmox_ok(world):
         _orphan_containers(world, out)
+        _firewall_cluster(world, out)
     if world.edge is not None:
         _edge_drift(world, out)
         _stale_registrations(world, out)
@@ -93,6 +94,7 @@ def _server_findings(world: World, iid: str, inst: dict[str, Any],
     ct = world.proxmox.get(inst["vmid"]) if inst["vmid"] else None
     if not _container(iid, inst, ct, facts, out):
         return
+    _firewall(world, iid, facts, out)
     _agent(world, iid, inst, ct, facts, out)
 
 
@@ -198,6 +200,34 @@ def _agent(world: World, iid: str, inst: dict[str, Any], ct: dict[str, Any],
         if iid in world.silent_heartbeats and settings.RECONCILER_EXPECT_HEARTBEATS:
             out.append(FindingSpec(FindingType.HEARTBEAT_STALE, Action.NOTIFY, iid, iid,
                                    facts))
+
+
+def _firewall(world: World, iid: str, facts: dict[str, Any], out: list[FindingSpec]) -> None:
+    """The container's firewall as last checked (this cycle or an earlier one)."""
+    if not _healthy(world, ObservedSource.FIREWALL):
+        return
+    verdict = world.firewalls.get(iid) or {}
+    if verdict.get("state") == "drift":
+        out.append(FindingSpec(FindingType.FIREWALL_DRIFT, Action.FIREWALL_APPLY, iid, iid,
+                               {**facts, "problems": verdict.get("problems", [])}))
+    if verdict.get("foreign"):
+        out.append(FindingSpec(FindingType.FIREWALL_FOREIGN_RULE, Action.NOTIFY,
+                               f"{iid}:firewall-foreign", iid,
+                               {**facts, "rules": verdict["foreign"]}))
+
+
+def _firewall_cluster(world: World, out: list[FindingSpec]) -> None:
+    """The datacenter switch (the operator's) and the IP sets our rules name (ours)."""
+    cluster = world.firewall_cluster
+    if cluster is None or not _healthy(world, ObservedSource.FIREWALL):
+        return
+    if not cluster["enabled"]:
+        out.append(FindingSpec(FindingType.FIREWALL_DISABLED, Action.NOTIFY, "cluster", None,
+                               {"slug": "datacenter firewall",
+                                "hint": "enable it in Datacenter > Firewall > Options"}))
+    if cluster["ipsets"]:
+        out.append(FindingSpec(FindingType.FIREWALL_DRIFT, Action.FIREWALL_APPLY, "ipsets",
+                               None, {"slug": "cluster IP sets", "ipsets": cluster["ipsets"]}))
 
 
 def _orphan_containers(world: World, out: list[FindingSpec]) -> None:

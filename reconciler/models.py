@@ -130,6 +130,11 @@ class ServerObservation(models.Model):
     #: {part: Verdict} for game servers that should be published; {} when none is expected.
     edge = models.JSONField(default=dict, blank=True)
     edge_since = models.DateTimeField(null=True, blank=True)
+    #: The container firewall as last checked (`lifecycle.firewall.Verdict.as_dict`: state
+    #: ok/drift, problems, foreign rules); checked a few servers per cycle, the longest
+    #: unchecked first, so this is kept between checks. {} = never checked.
+    firewall = models.JSONField(default=dict, blank=True)
+    firewall_checked_at = models.DateTimeField(null=True, blank=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -14,6 +14,7 @@ from django.conf import settings
 
 from core.clock import db_now
 from core.health import Health
+from core.ownership import owners_from_tags
 from edge.errors import EdgeError
 from edge.services import BulkObservation, EdgeClients, observe_edge_bulk
 from lifecycle.choices import (
@@ -24,7 +25,8 @@ from lifecycle.choices import (
     PoolKind,
 )
 from lifecycle.clients.agent import AgentClient, AgentError
-from lifecycle.clients.proxmox import PowerState, ProxmoxClient, ProxmoxError
+from lifecycle.clients.proxmox import PowerState, ProxmoxClient, ProxmoxError, parse_tags
+from lifecycle.firewall import enabled as firewall_enabled
 from lifecycle.models import (
     AgentCredential,
     AgentHeartbeat,
@@ -33,6 +35,9 @@ from lifecycle.models import (
     Operation,
 )
 from lifecycle.services.edge import edge_target_for
+from lifecycle.services.firewall import Target, firewall_check, ipsets_check
+
+from .models import ServerObservation
 
 logger = logging.getLogger(__name__)
 class ObservedSource(StrEnum):
@@ -41,6 +46,7 @@ class ObservedSource(StrEnum):
     DATABASE = "database"
     PROXMOX = "proxmox"
     AGENTS = "agents"
+    FIREWALL = "firewall"
 
 
 #: Statuses in which the server's container should exist in Proxmox.
@@ -84,6 +90,14 @@ class World:
     unprobed_agents: int = 0
     #: Servers whose agent is still driven with the old shared token (AgentCredential).
     legacy_agents: set[str] = field(default_factory=set)
+    #: Container firewall verdicts (Verdict.as_dict) by server: those checked this cycle and,
+    #: for the others, the last one stored (ServerObservation.firewall).
+    firewalls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The servers whose firewall this cycle checked (their verdicts are stored).
+    firewalls_checked: set[str] = field(default_factory=set)
+    #: The cluster side of the firewall: {"enabled": bool, "ipsets": {name: diff}}; None when
+    #: not observed (firewall off, or Proxmox unknown).
+    firewall_cluster: dict[str, Any] | None = None
 
 
 def observe(*, renew=lambda: None) -> World:
@@ -111,6 +125,8 @@ def observe(*, renew=lambda: None) -> World:
     _observe_edge(world)
     renew()
     _observe_agents(world)
+    renew()
+    _observe_firewalls(world)
     world.legacy_agents = {str(i) for i in AgentCredential.objects.filter(
         legacy_since__isnull=False).values_list("server_id", flat=True)}
     for iid, slug in ContainerInstance.objects.exclude(status=InstanceStatus.PURGED).values_list(
@@ -243,6 +259,7 @@ def _observe_agents(world: World) -> None:
                     world.silent_heartbeats.add(server_id)
     world.calls[ObservedSource.AGENTS] = len(probe)
     world.calls["agent_heartbeats"] = len(wanted) - len(stale)
+    world.calls["agents_unprobed"] = world.unprobed_agents
     # Every probed agent silent at once is a network problem on our side, not N broken
     # servers (and with heartbeats missing too: the receiver or the way to it).
     if len(probe) >= 3 and answered == 0:
@@ -251,3 +268,71 @@ def _observe_agents(world: World) -> None:
             f"agents unknown: none of {len(probe)} asked directly answered")
     else:
         world.sources[ObservedSource.AGENTS] = Health.HEALTHY
+
+
+def firewall_candidates(world: World) -> list[dict[str, Any]]:
+    """Servers whose container firewall can be judged now: the container is listed, ours, on
+    the row's node, and neither an operation nor an operator is at work on the server."""
+    out = []
+    for iid, inst in world.instances.items():
+        ct = world.proxmox.get(inst["vmid"]) if inst["vmid"] else None
+        if (ct is None or inst["maintenance_lock"] or iid in world.active_ops
+                or ct.get("node") != inst["node__name"]
+                or iid not in owners_from_tags(parse_tags(ct.get("tags")))):
+            continue
+        out.append(inst)
+    return out
+
+
+def _observe_firewalls(world: World) -> None:
+    """The cluster side every cycle (datacenter switch, our IP sets: 5 calls), and at most
+    RECONCILER_FIREWALL_CHECKS containers (3 calls each, never checked first, then the longest
+    unchecked). The other servers keep their last verdict (one query reads them all): a check
+    is not repeated every cycle, and a drift found stays found until it is checked again."""
+    if not firewall_enabled() or world.proxmox is None:
+        return
+    stored = {str(row["instance_id"]): row for row in ServerObservation.objects.values(
+        "instance_id", "firewall", "firewall_checked_at")}
+    world.firewalls = {iid: row["firewall"] for iid, row in stored.items()
+                       if row["firewall"] and iid in world.instances}
+    client = ProxmoxClient.from_settings()
+    try:
+        options = client.cluster_firewall_options()
+        world.firewall_cluster = {"enabled": bool(options.get("enable")),
+                                  "ipsets": ipsets_check(client)}
+    except ProxmoxError as err:
+        world.sources[ObservedSource.FIREWALL] = Health.UNKNOWN
+        world.problems[ObservedSource.FIREWALL] = f"firewall unknown: {err.message}"
+        world.calls[ObservedSource.FIREWALL] = client.calls
+        return
+    budget = max(0, settings.RECONCILER_FIREWALL_CHECKS)
+    candidates = firewall_candidates(world)
+    candidates.sort(key=lambda i: (stored.get(str(i["id"]), {}).get("firewall_checked_at")
+                                   is not None,
+                                   stored.get(str(i["id"]), {}).get("firewall_checked_at")
+                                   or world.now))
+    chosen = candidates[:budget]
+    calls = [client.calls]
+
+    def check(inst: dict[str, Any]) -> tuple[str, dict[str, Any] | None, int]:
+        pve = ProxmoxClient.from_settings()
+        target = Target(server_id=inst["id"], kind=inst["kind"], ports=inst["ports"] or {},
+                        node=inst["node__name"], vmid=inst["vmid"])
+        try:
+            verdict = firewall_check(pve, target)
+            return str(inst["id"]), verdict.as_dict() if verdict else None, pve.calls
+        except ProxmoxError as err:
+            logger.info("firewall of CT %s not checked: %s", inst["vmid"], err.message)
+            return str(inst["id"]), None, pve.calls
+
+    if chosen:
+        workers = max(1, settings.RECONCILER_FIREWALL_PARALLELISM)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for iid, verdict, used in pool.map(check, chosen):
+                calls.append(used)
+                if verdict is not None:
+                    world.firewalls[iid] = verdict
+                    world.firewalls_checked.add(iid)
+    world.calls[ObservedSource.FIREWALL] = sum(calls)
+    world.calls["firewall_checks"] = len(world.firewalls_checked)
+    world.sources[ObservedSource.FIREWALL] = Health.HEALTHY

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models.functions import Now
 
 from core.clock import db_now
 from core.errors import ExternalError
@@ -40,13 +41,21 @@ from lifecycle.models import ContainerInstance, Operation
 from lifecycle.services.actions import server_request
 from lifecycle.services.audit import Actor
 from lifecycle.services.edge import edge_target_for
+from lifecycle.services.firewall import (
+    Target,
+    firewall_apply as apply_firewall,
+    firewall_check,
+    firewall_read,
+    ipsets_apply,
+    ipsets_check,
+)
 from lifecycle.services.moves import UnknownNode, server_record_move
 from lifecycle.statemachines.instance import can_transition, instance_transition
 from lifecycle.statemachines.operation import operation_mark_stale
 
 from .choices import Action, RepairState
 from .lease import FencedOut, current_epoch, fenced
-from .models import RepairEvent
+from .models import RepairEvent, ServerObservation
 from .observe import NOT_REGISTERED
 
 S = InstanceStatus
@@ -274,6 +283,55 @@ def record_move(event: RepairEvent, actor: Actor) -> Outcome:
                    after=after)
 
 
+def firewall_apply(event: RepairEvent, actor: Actor) -> Outcome:
+    """The container's firewall (or the cluster IP sets its rules name) differs from the
+    desired state: ours is put back — net0's flag, the options, our marked rules, the IP
+    sets; rules without our marker are never touched. The verdict read afterwards is stored
+    on the server's observation (what the next cycles judge by until it is checked again)."""
+    pve = ProxmoxClient.from_settings()
+    if event.instance_id is None:  # the cluster IP sets
+        before = ipsets_check(pve)
+        if not before:
+            raise Skip("the IP sets are as desired again")
+        _require_current(event.epoch)
+        changes = ipsets_apply(pve)
+        after = ipsets_check(pve)
+        return Outcome(RepairState.FAILED if after else RepairState.SUCCEEDED,
+                       reason="; ".join(changes)[:300], before={"ipsets": before},
+                       after={"ipsets": after})
+    inst = _instance(event)
+    if _active_op(inst) is not None or inst.maintenance_lock or not (inst.vmid and inst.node_id):
+        raise Skip("the server is busy (its operation sets the firewall up itself)")
+    target = Target.of(inst)
+    seen = firewall_read(pve, target)
+    if seen is None or str(inst.id) not in owners_from_tags(parse_tags(seen[0].get("tags"))):
+        raise Skip("no container of ours on the server's node")
+    before = firewall_check(pve, target)
+    if before is not None and before.ok:
+        _store_firewall(inst.id, before)
+        raise Skip("the firewall is as desired again")
+    _require_current(event.epoch)
+    changes, after = apply_firewall(pve, target)
+    if after is None:
+        raise Skip("the container went away")
+    _store_firewall(inst.id, after)
+    return Outcome(RepairState.SUCCEEDED if after.ok else RepairState.FAILED,
+                   reason="; ".join(changes)[:300],
+                   before={"problems": before.problems if before else []},
+                   after={"firewall": after.as_dict()})
+
+
+def _store_firewall(instance_id: Any, verdict: Any) -> None:
+    """The verdict just read becomes the server's stored one (the database's clock)."""
+    updated = ServerObservation.objects.filter(instance_id=instance_id).update(
+        firewall=verdict.as_dict(), firewall_checked_at=Now())
+    if not updated:
+        ServerObservation.objects.get_or_create(
+            instance_id=instance_id, defaults={"firewall": verdict.as_dict()})
+        ServerObservation.objects.filter(instance_id=instance_id).update(
+            firewall_checked_at=Now())
+
+
 def _enforce_power(event: RepairEvent, actor: Actor, *, desired: str, kind: str,
                    found: str, goal: str, believed: str) -> Outcome:
     """The container's power disagrees with what the user wants: a normal operation of `kind`
@@ -405,6 +463,7 @@ REPAIRS: dict[str, Callable[[RepairEvent, Actor], Outcome]] = {
     Action.VELOCITY_REGISTER: _edge_repair((Part.VELOCITY,)),
     Action.VELOCITY_UNREGISTER: velocity_unregister,
     Action.RECORD_MOVE: record_move,
+    Action.FIREWALL_APPLY: firewall_apply,
     Action.START_CONTAINER: start_container,
     Action.STOP_CONTAINER: stop_container,
     Action.RECREATE_CONTAINER: recreate_container,

@@ -182,7 +182,23 @@ def _record_observations(world: World) -> dict[str, int]:
     ServerObservation.objects.bulk_create(created, batch_size=1000, ignore_conflicts=True)
     ServerObservation.objects.bulk_update(
         changed, ["power", "power_since", "node", "edge", "edge_since"], batch_size=1000)
+    _record_firewalls(world)
     return {"created": len(created), "changed": len(changed)}
+
+
+def _record_firewalls(world: World) -> None:
+    """Store the firewall verdicts this cycle checked, with when (the database's clock, as
+    `world.now`): the next cycles check the longest unchecked first."""
+    if not world.firewalls_checked:
+        return
+    rows = []
+    for iid in world.firewalls_checked:
+        row = ServerObservation(instance_id=iid, firewall=world.firewalls[iid],
+                                firewall_checked_at=world.now)
+        rows.append(row)
+    ServerObservation.objects.bulk_create(rows, batch_size=1000, ignore_conflicts=True)
+    ServerObservation.objects.bulk_update(rows, ["firewall", "firewall_checked_at"],
+                                          batch_size=1000)
 
 
 def _record_findings(world: World, findings: list[FindingSpec]) -> set[str]:
