@@ -59,7 +59,12 @@ def run_action(driver, base, slug, action):
     row.find_element(By.CSS_SELECTOR, "input.action-select").click()
     Select(driver.find_element(By.NAME, "action")).select_by_value(action)
     driver.find_element(By.NAME, "index").click()
-    assert "Requested:" in driver.find_element(By.CSS_SELECTOR, "ul.messagelist").text
+    # The click returns before the next page has loaded on a busy machine: wait (bounded).
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+    messages = WebDriverWait(driver, 20).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "ul.messagelist")))
+    assert "Requested:" in messages.text
 
 
 def wait_badge(driver, base, slug, state, name):
