@@ -5,6 +5,12 @@ cycle: time, Proxmox calls, edge calls, direct agent probes and database queries
 queries must not grow with the number of servers; time should grow no worse than linearly.
 
     .venv/bin/python bench/reconcile_scale.py [--sizes 1000,5000,10000] [--running N]
+        [--stale-percent P]
+
+Each size is measured twice: with every heartbeat fresh, then with P % of them (default 10)
+older than the stale threshold, so those agents must be asked directly — within
+RECONCILER_AGENT_PROBE_BUDGET per cycle, the rest left for later cycles ('unprobed'). The
+container firewall's checks ('fw calls') are bounded per cycle too (RECONCILER_FIREWALL_CHECKS).
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,5000,10000")
     parser.add_argument("--running", type=int, default=-1,
                         help="servers running (with agents and edge); default: all")
+    parser.add_argument("--stale-percent", type=float, default=10.0,
+                        help="second measurement per size: this share of heartbeats stale")
     args = parser.parse_args()
     with throwaway_database("recbench"):
         return run(args)
@@ -31,11 +39,13 @@ def main() -> int:
 def run(args: argparse.Namespace) -> int:
     from django.conf import settings
     from django.db import connection
+    from django.db.models.expressions import RawSQL
     from django.test.utils import CaptureQueriesContext
 
     from core.clock import db_now
     from lifecycle.models import AgentHeartbeat, ContainerInstance, Operation
     from reconciler.models import ControllerRun, Finding, RepairEvent
+    from reconciler.observe import heartbeat_stale_after
     from reconciler.services import run_cycle
     from tests.support.devstack import Devstack, apply_settings
     from tests.support.platform import make_user, seed_platform
@@ -84,29 +94,45 @@ def run(args: argparse.Namespace) -> int:
                                 provisioning_complete=True, ready=True)
                  for s in running], batch_size=2000)
             run_cycle(dry_run=True)  # warm-up
-            with CaptureQueriesContext(connection) as ctx:
-                t0 = time.monotonic()
-                summary = run_cycle(dry_run=True)
-                elapsed = time.monotonic() - t0
-            calls = summary.get("calls", {})
-            edge_calls = sum(v for k, v in calls.items() if k.startswith("edge_"))
-            findings = sum(summary.get("counts", {}).get("findings", {}).values())
-            rows.append((size, elapsed, calls.get("proxmox", 0), edge_calls,
-                         calls.get("agents", 0), calls.get("agent_heartbeats", 0),
-                         len(ctx.captured_queries), findings, summary["outcome"]))
+            for stale_pct in (0.0, args.stale_percent):
+                if stale_pct:
+                    # Heartbeats that stopped arriving, aged by the database's own clock (the
+                    # one "stale" is judged by).
+                    n_stale = int(len(running) * stale_pct / 100)
+                    old = heartbeat_stale_after() + 60
+                    for chunk in _chunks([s.id for s in running[:n_stale]], 2000):
+                        AgentHeartbeat.objects.filter(server_id__in=chunk).update(
+                            received_at=RawSQL("NOW(6) - INTERVAL %s SECOND", (old,)))
+                with CaptureQueriesContext(connection) as ctx:
+                    t0 = time.monotonic()
+                    summary = run_cycle(dry_run=True)
+                    elapsed = time.monotonic() - t0
+                calls = summary.get("calls", {})
+                edge_calls = sum(v for k, v in calls.items() if k.startswith("edge_"))
+                findings = sum(summary.get("counts", {}).get("findings", {}).values())
+                rows.append((size, stale_pct, elapsed, calls.get("proxmox", 0), edge_calls,
+                             calls.get("agents", 0), calls.get("agents_unprobed", 0),
+                             calls.get("agent_heartbeats", 0), calls.get("firewall", 0),
+                             len(ctx.captured_queries), findings, summary["outcome"]))
             ControllerRun.objects.all().delete()
     finally:
         stack.stop()
 
-    print("reconcile cycle at scale (dry run; 'probes' = agents asked directly, 'beats' = "
-          "fresh heartbeats read in bulk)")
-    print(f"  {'servers':>7} {'seconds':>8} {'s/1k':>6} {'proxmox':>7} {'edge':>5} {'probes':>6}"
-          f" {'beats':>6} {'queries':>7} {'findings':>8}  outcome")
-    for size, elapsed, pve, edge, probes, beats, queries, findings, outcome in rows:
-        print(f"  {size:>7} {elapsed:>8.2f} {elapsed / size * 1000:>6.3f} {pve:>7} {edge:>5}"
-              f" {probes:>6} {beats:>6} {queries:>7} {findings:>8}  {outcome}")
-    if len(rows) > 1:
-        print(f"  time at {rows[-1][0]} / time at {rows[0][0]}: {rows[-1][1] / rows[0][1]:.1f}x")
+    print("reconcile cycle at scale (dry run; 'probes' = agents asked directly, 'unprobed' = "
+          "stale ones left for later cycles, 'beats' = fresh heartbeats read in bulk, "
+          "'fw' = Proxmox calls of the firewall checks)")
+    print(f"  {'servers':>7} {'stale%':>6} {'seconds':>8} {'s/1k':>6} {'proxmox':>7} {'edge':>5}"
+          f" {'probes':>6} {'unprobed':>8} {'beats':>6} {'fw':>4} {'queries':>7} {'findings':>8}"
+          "  outcome")
+    for (size, stale, elapsed, pve, edge, probes, unprobed, beats, fw, queries, findings,
+         outcome) in rows:
+        print(f"  {size:>7} {stale:>6.0f} {elapsed:>8.2f} {elapsed / size * 1000:>6.3f}"
+              f" {pve:>7} {edge:>5} {probes:>6} {unprobed:>8} {beats:>6} {fw:>4} {queries:>7}"
+              f" {findings:>8}  {outcome}")
+    fresh = [r for r in rows if r[1] == 0]
+    if len(fresh) > 1:
+        print(f"  all fresh, time at {fresh[-1][0]} / time at {fresh[0][0]}: "
+              f"{fresh[-1][2] / fresh[0][2]:.1f}x")
     return 0
 
 

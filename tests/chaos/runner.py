@@ -32,7 +32,7 @@ EXPECTED_STATUS = {"running": "running", "stopped": "stopped", "deleted": "delet
                    "purged": "purged"}
 FAULTS = ("kill_worker", "flushall", "pve_500", "pve_lock", "pve_timeout", "node_offline",
           "cloudflare_429", "velocity_restart", "discord_outage", "agent_crash", "garbage",
-          "migrate")
+          "migrate", "firewall_tamper")
 RATE_LIMITED = {"success": False, "errors": [{"code": 971, "message": "Please wait"}]}
 #: Answers of the wrong shape, an HTML page, a dripped body, a senseless retry-after: each
 #: source in turn (service, fault spec without count).
@@ -211,6 +211,30 @@ class ChaosRun:
             else:
                 stack.pve("POST", f"/_sim/containers/{vmid}/migrate", json={"node": other})
                 self.faults["migrate:ha"] += 1
+        elif kind == "firewall_tamper" and target:
+            # Someone in the Proxmox panel: our game rule deleted, the policy opened, or the
+            # NIC's firewall switched off (on the node the container is on now).
+            vmid = target["vmid"]
+            node = next((ct["node"] for ct in stack.containers() if int(ct["vmid"]) == vmid),
+                        target["node__name"])
+            base = f"/nodes/{node}/lxc/{vmid}"
+            if param < 1 / 3:
+                rules = stack.pve_api("GET", f"{base}/firewall/rules")
+                game = [r for r in (rules.json().get("data") or [] if rules.ok else [])
+                        if (r.get("comment") or "").endswith(":game")]
+                if game:
+                    stack.pve_api("DELETE", f"{base}/firewall/rules/{game[0]['pos']}")
+                self.faults["firewall_tamper:rule"] += 1
+            elif param < 2 / 3:
+                stack.pve_api("PUT", f"{base}/firewall/options", data={"policy_in": "ACCEPT"})
+                self.faults["firewall_tamper:policy"] += 1
+            else:
+                config = stack.pve_api("GET", f"{base}/config")
+                net0 = (config.json().get("data") or {}).get("net0", "") if config.ok else ""
+                if "firewall=1" in net0:
+                    stack.pve_api("PUT", f"{base}/config",
+                                  data={"net0": net0.replace(",firewall=1", "")})
+                self.faults["firewall_tamper:net0"] += 1
         elif kind == "agent_crash" and target:
             vmid = target["vmid"]
             stack.agents("POST", f"/_sim/agents/{vmid}/crash", json={"reason": "chaos"})
@@ -249,7 +273,33 @@ class ChaosRun:
                              for i in ContainerInstance.objects.exclude(
                                  status="purged").select_related("node")
                              if i.vmid in where and i.node.name != where[i.vmid]]
+        if not self.waiting_for:
+            self.waiting_for = [("firewall", slug, problems)
+                                for slug, problems in self.firewall_problems()]
         return not self.waiting_for
+
+    def firewall_problems(self) -> list[tuple[str, list[str]]]:
+        """Live servers whose container's firewall is not as desired, read from Proxmox."""
+        from lifecycle.firewall import judge
+
+        where = {int(ct["vmid"]): ct["node"] for ct in self.stack.containers()}
+        out = []
+        for inst in ContainerInstance.objects.exclude(status__in=("purged", "pending")):
+            node = where.get(inst.vmid)
+            if node is None:
+                continue
+            base = f"/nodes/{node}/lxc/{inst.vmid}"
+            config, options, rules = (self.stack.pve_api("GET", f"{base}/{what}")
+                                      for what in ("config", "firewall/options",
+                                                   "firewall/rules"))
+            if not (config.ok and options.ok and rules.ok):
+                out.append((inst.slug, ["not readable"]))
+                continue
+            verdict = judge(inst.id, inst.kind, inst.ports, config=config.json()["data"],
+                            options=options.json()["data"], rules=rules.json()["data"])
+            if not verdict.ok:
+                out.append((inst.slug, verdict.problems))
+        return out
 
     def converge(self, timeout: float = 300) -> float:
         self.calm()
@@ -333,6 +383,10 @@ class ChaosRun:
         self.check("Velocity has exactly the running game servers",
                    velocity == {i.slug for i in running_game.values()},
                    velocity ^ {i.slug for i in running_game.values()})
+
+        broken = self.firewall_problems()
+        self.check("every container's firewall is as desired (tampering repaired)", not broken,
+                   broken[:3])
 
         sent = Notification.objects.filter(state="sent")
         messages = self.stack.discord_messages()
