@@ -27,10 +27,20 @@ Agent API:
   POST /agents/{vmid}/game/start start the game (no-op when running)
   POST /agents/{vmid}/game/stop  save the world, then stop the game (no-op when stopped)
   GET  /agents/{vmid}/ready      200 when ready, 503 otherwise
+  POST /agents/{vmid}/world/flush  `save-all flush` then `save-off` (a backup is about to read
+                                 the disk) {"holdSeconds"}: saving resumes by itself after that
+  POST /agents/{vmid}/world/resume `save-on`
+  GET  /agents/{vmid}/world      does the world load: {"loads", "seed", "generation", "error"}
+
+The world and everything the agent keeps on disk (payload, installed files, credential) live
+on the container's disk: a backup (`DevPve` vzdump) copies them, and a container restored from
+that backup starts with them (`disk()`/`load_disk()`); players changing the world is
+`/_sim/agents/{vmid}/world {"seed"}`.
 Sim: /_sim/agents, /_sim/agents/{vmid}, /_sim/agents/{vmid}/crash|hang|recover,
      /_sim/agents/install-error, /_sim/agents/heartbeat-target {"url"},
      /_sim/agents/{vmid}/heartbeats {"mode": normal|stop|delay|corrupt, "delay_s",
      "interval_s", "memory_used_mb", "players_online"}, /_sim/agents/{vmid}/legacy {"on"},
+     /_sim/agents/{vmid}/world (players change the world),
      /_sim/agents/{vmid}/impostor (POST: replace the agent by a listener recording every
      request and answering 200 {}; GET: the recording; DELETE: the real agent again),
      plus the shared /_sim/faults and /_sim/reset.
@@ -38,8 +48,10 @@ Sim: /_sim/agents, /_sim/agents/{vmid}, /_sim/agents/{vmid}/crash|hang|recover,
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +75,12 @@ HEARTBEAT_TICK = 0.1
 HEARTBEAT_TIMEOUT = 5.0
 AGENT_VERSION = "devstack-1"
 HEARTBEAT_MODES = ("normal", "stop", "delay", "corrupt")
+#: What of an agent lives on the container's disk (a backup copies it, a restore brings it back).
+DISK_FIELDS = ("provisioning_complete", "payload", "seeded", "seeded_at", "world", "secret",
+               "credential_version", "server_id", "heartbeat_url", "heartbeat_interval")
+#: Bounds of how long saving may stay off after a flush (real seconds).
+SAVES_OFF_DEFAULT = 600.0
+SAVES_OFF_MAX = 3600.0
 
 
 @dataclass
@@ -104,6 +122,25 @@ class Agent:
     heartbeat_in_flight: bool = False
     memory_used_mb: int | None = None
     players_online: int = 0
+    # The world: made at install, changed by players (a new generation), saved by flushes.
+    world: dict[str, Any] | None = None
+    flushes: int = 0
+    saves_off_until: float | None = None  # time.time() when saving resumes by itself
+
+    @property
+    def saves_off(self) -> bool:
+        return self.saves_off_until is not None and time.time() < self.saves_off_until
+
+    def disk(self) -> dict[str, Any]:
+        """What a backup of the container copies."""
+        return copy.deepcopy({name: getattr(self, name) for name in DISK_FIELDS})
+
+    def load_disk(self, disk: dict[str, Any]) -> None:
+        for name in DISK_FIELDS:
+            if name in disk:
+                setattr(self, name, copy.deepcopy(disk[name]))
+        if self.provisioning_complete:
+            self.state = "stopped"
 
     @property
     def ready(self) -> bool:
@@ -134,7 +171,8 @@ class Agent:
         data.update(seeded=self.seeded, seededAt=self.seeded_at, boots=self.boots,
                     saves=self.saves, uncleanStops=self.unclean_stops,
                     payload=self.payload, history=self.history,
-                    serverId=self.server_id,
+                    serverId=self.server_id, world=self.world, flushes=self.flushes,
+                    savesOff=self.saves_off,
                     heartbeats={"mode": self.heartbeat_mode, "sent": self.heartbeats_sent,
                                 "lastStatus": self.heartbeat_last_status,
                                 "sequence": self.heartbeat_seq, "url": self.heartbeat_url,
@@ -231,6 +269,9 @@ class AgentFleet:
             return None
         if agent is None or agent.incarnation != id(ct):
             agent = self.agents[vmid] = Agent(vmid=vmid, incarnation=id(ct))
+            restored = getattr(ct, "restored_disk", None)
+            if restored:  # restored from a backup: the disk holds what the backup held
+                agent.load_disk(restored)
         if self._container(vmid) is None:
             if agent.state in ("running", "starting", "installing"):
                 if agent.state == "running":
@@ -296,6 +337,7 @@ class AgentFleet:
                 "codeServer": payload.get("codeServer"),
             }
             agent.seeded_at = time.time()
+            agent.world = {"seed": secrets.token_hex(8), "generation": 0}
             agent.provisioning_complete = True
             agent.set("installed")
             self._start_game(agent)
@@ -419,7 +461,64 @@ class AgentFleet:
             return json_response({"state": agent.state, "savedAt": agent.last_save_at}, 202)
         return json_response({"state": agent.state, "noop": True})
 
+    async def world_flush(self, request: web.Request) -> web.Response:
+        """`save-all flush` + `save-off`: everything is on disk and stays as it is until
+        `resume`, or by itself after holdSeconds (a control plane that died mid-backup does
+        not leave the world unsaved for ever)."""
+        agent = await self._reach(request)
+        try:
+            body = await request.json() if request.can_read_body else {}
+            hold = float((body or {}).get("holdSeconds", SAVES_OFF_DEFAULT))
+        except (ValueError, TypeError, AttributeError):
+            return json_response({"error": "holdSeconds must be a number"}, 400)
+        hold = min(max(hold, 1.0), SAVES_OFF_MAX)
+        if agent.state != "running":
+            return json_response({"state": agent.state, "noop": True})
+        agent.flushes += 1
+        agent.saves += 1
+        agent.last_save_at = time.time()
+        agent.saves_off_until = time.time() + hold
+        return json_response({"state": agent.state, "savedAt": agent.last_save_at,
+                              "savesOff": True, "savesOffUntil": agent.saves_off_until})
+
+    async def world_resume(self, request: web.Request) -> web.Response:
+        agent = await self._reach(request)
+        was = agent.saves_off
+        agent.saves_off_until = None
+        return json_response({"state": agent.state, "savesOff": False, "wasOff": was})
+
+    async def world(self, request: web.Request) -> web.Response:
+        agent = await self._reach(request)
+        world = agent.world or {}
+        if not agent.provisioning_complete or not world:
+            return json_response({"loads": False, "error": "no world on this disk"})
+        if world.get("corrupt"):
+            return json_response({"loads": False, "seed": world.get("seed"),
+                                  "generation": world.get("generation"),
+                                  "error": "level.dat: unexpected end of ZLIB input stream"})
+        return json_response({"loads": True, "seed": world.get("seed"),
+                              "generation": world.get("generation"), "error": None})
+
+    def disk_of(self, vmid: int) -> dict[str, Any]:
+        """The disk of container `vmid` as a backup copies it ({} before the agent ever ran)."""
+        agent = self.agents.get(vmid)
+        ct = self.pve.ct(vmid)
+        if agent is None or ct is None or agent.incarnation != id(ct):
+            restored = getattr(ct, "restored_disk", None) if ct is not None else None
+            return copy.deepcopy(restored or {})
+        return agent.disk()
+
     # --- sim ----------------------------------------------------------------------------------
+    async def sim_world(self, request: web.Request) -> web.Response:
+        """Players change the world (a new generation; `seed` replaces the marker)."""
+        agent = self._sim_agent(request)
+        body = await request.json() if request.can_read_body else {}
+        if agent.world is None:
+            return json_response({"error": "no world yet"}, 409)
+        agent.world = {"seed": str(body.get("seed") or agent.world["seed"]),
+                       "generation": int(agent.world.get("generation", 0)) + 1}
+        return json_response(agent.record())
+
     def _sim_agent(self, request: web.Request) -> Agent:
         vmid = int(request.match_info["vmid"])
         agent = self._sync(vmid) or self.agents.get(vmid)
@@ -598,6 +697,9 @@ class AgentFleet:
         r.add_post("/agents/{vmid}/provision", self.provision)
         r.add_post("/agents/{vmid}/game/start", self.game_start)
         r.add_post("/agents/{vmid}/game/stop", self.game_stop)
+        r.add_post("/agents/{vmid}/world/flush", self.world_flush)
+        r.add_post("/agents/{vmid}/world/resume", self.world_resume)
+        r.add_get("/agents/{vmid}/world", self.world)
         add_sim_routes(app, self.table, self.reset)
         r.add_get("/_sim/agents", self.sim_list)
         r.add_post("/_sim/agents/install-error", self.sim_install_error)
@@ -607,6 +709,7 @@ class AgentFleet:
         r.add_route("*", "/_sim/agents/{vmid}/impostor", self.sim_impostor)
         r.add_get("/_sim/agents/{vmid}", self.sim_get)
         r.add_post("/_sim/agents/{vmid}/crash", self.sim_crash)
+        r.add_post("/_sim/agents/{vmid}/world", self.sim_world)
         r.add_post("/_sim/agents/{vmid}/hang", self.sim_hang)
         r.add_post("/_sim/agents/{vmid}/recover", self.sim_recover)
         return app

@@ -23,6 +23,7 @@ def control_plane_env(endpoints: dict[str, Any]) -> dict[str, str]:
         "PROXMOX_VERIFY_SSL": "false",
         "PROXMOX_OSTEMPLATE": pve["ostemplate"],
         "PROXMOX_STORAGE": pve["storage"],
+        "PROXMOX_BACKUP_STORAGE": pve.get("backup_storage", "local"),
         "AGENT_URL_TEMPLATE": agents["url"],
         # The shared token only agents in legacy mode take (AGENT_LEGACY_TOKEN_UNTIL is left
         # empty: legacy agents are refused unless a test or the operator allows them).

@@ -56,6 +56,7 @@ async def serve(args: argparse.Namespace) -> None:
         await pve.start(certfile, keyfile)
 
     fleet = AgentFleet(pve, agent_token)
+    pve.disk_source = fleet.disk_of  # what a vzdump copies of a container's disk
     runners = []
     runner, agents_port = await _serve_app(fleet.app(), args.agents_port)
     runners.append(runner)
@@ -81,6 +82,7 @@ async def serve(args: argparse.Namespace) -> None:
             "verify_ssl": False,
             "ostemplate": OSTEMPLATE,
             "storage": "local-lvm",
+            "backup_storage": "local",
             "sim": pve.url,
         },
         "agents": {

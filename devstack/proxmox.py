@@ -8,6 +8,16 @@ The firewall is fakepve's (options, rules, IP sets; kept per VMID, so it travels
 migration). The devstack starts with the datacenter firewall on, and a destroyed container's
 firewall config goes with it, as in PVE.
 
+Backups (fakepve has the `backup` content type, `restore=1` creates and volume deletes, but no
+vzdump route): `POST /nodes/{node}/vzdump` (one guest, `storage`, `mode`, `notes-template`) is a
+`vzdump` task that holds the container's `backup` lock for `ct_secs["backup"]` PVE seconds, one
+job at a time per node as PVE's global lock does, and leaves
+`backup/vzdump-lxc-<vmid>-<YYYY_MM_DD-HH_MM_SS>.tar.zst` on the storage with its size, ctime,
+vmid and notes. The archive holds a copy of the container's disk as the agent stand-in keeps it
+(payload, credential, world: `disk_source`); a container restored from it (`restore=1`) starts
+with that disk. `POST /_sim/backups/corrupt {"volid"}` damages an archive's world, and
+`GET /_sim/backups` lists the archives with their disks.
+
 Moving a container between nodes, two ways:
 - PVE's own `POST /nodes/{node}/lxc/{vmid}/migrate` (`target`, and `restart=1` for a running
   container) is fakepve's: a `vzmigrate` task that holds the `migrate` lock, shuts a running
@@ -19,10 +29,14 @@ Moving a container between nodes, two ways:
 """
 from __future__ import annotations
 
+import asyncio
+import copy
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from fakepve.model import TaskError
+from fakepve.model import PveError, TaskError
 from fakepve.server import FakePve
 
 from .sim import Fault, FaultTable, add_sim_routes, fault_middleware, json_response
@@ -53,6 +67,13 @@ class DevPve(FakePve):
         self.sim_table = FaultTable()
         self.task_faults: list[dict[str, Any]] = []
         self.node_names = nodes
+        #: volid -> the container's disk as the archive holds it.
+        self.backup_disks: dict[str, dict[str, Any]] = {}
+        #: vmid -> the container's disk now (the agent stand-in's; set by the launcher).
+        self.disk_source: Callable[[int], dict[str, Any]] = lambda vmid: {}
+        self._vzdump_locks: dict[str, asyncio.Lock] = {}
+        #: Archive bytes (a world of 64 MiB plus what the disk holds).
+        self.backup_base_size = 64 * 1024**2
         self._setup_world()
 
     def _setup_world(self) -> None:
@@ -63,7 +84,7 @@ class DevPve(FakePve):
         self.firewall_config("cluster")["options"]["enable"] = 1
         self.store_file(OSTEMPLATE_STORAGE, OSTEMPLATE_NAME, 128 * 1024**2, content="vztmpl")
         # PVE seconds the container tasks take (scaled by time_scale; nothing at 0).
-        self.ct_secs.update(create=4, destroy=2)
+        self.ct_secs.update(create=4, destroy=2, backup=3)
 
     def reset_world(self) -> None:
         self.cts.clear()
@@ -73,6 +94,8 @@ class DevPve(FakePve):
         self.task_faults.clear()
         self.requests.clear()
         self.storages[OSTEMPLATE_STORAGE]["volumes"] = {}
+        self.backup_disks.clear()
+        self._vzdump_locks.clear()
         self._setup_world()
 
     def _drop(self, ct) -> None:
@@ -80,6 +103,85 @@ class DevPve(FakePve):
         removes the VMID's `.fw` file); fakepve's LXC side keeps it."""
         super()._drop(ct)
         self._fw()["guests"].pop(int(ct.vmid), None)
+
+    # --- backups ---------------------------------------------------------------------------------
+    def _routes_vzdump(self):
+        return [("POST", "/nodes/{node}/vzdump", self._vzdump)]
+
+    async def _vzdump(self, v: dict[str, Any], user: str) -> str:
+        node = v["node"]
+        vmids = [int(x) for x in str(v.get("vmid") or "").replace(";", ",").split(",") if x]
+        if len(vmids) != 1:
+            raise PveError(400, "Parameter verification failed.",
+                           {"vmid": "the devstack backs up one guest per job"})
+        vmid = vmids[0]
+        ct = self.ct(vmid)
+        if ct is None or ct.node != node:
+            raise PveError(500, f"guest {vmid} is not on node '{node}'")
+        storage = v.get("storage") or OSTEMPLATE_STORAGE
+        store = self.storages.get(storage)
+        if store is None or "backup" not in str(store.get("content", "")).split(","):
+            raise PveError(500, f"storage '{storage}' does not support backups")
+        notes = v.get("notes-template") or "{{guestname}}"
+        lock = self._vzdump_locks.setdefault(node, asyncio.Lock())
+
+        async def body():
+            async with lock:  # PVE: one vzdump job per node at a time
+                if ct is not self.ct(vmid):
+                    raise TaskError("job errors")
+                if ct.config.get("lock"):
+                    raise TaskError("job errors (ERROR: Backup of VM {0} failed - CT is locked "
+                                    "({1}))".format(vmid, ct.config["lock"]))
+                ct.lock = "backup"
+                ct.config["lock"] = "backup"
+                try:
+                    await self.pause(self.ct_secs["backup"])
+                    disk = copy.deepcopy(self.disk_source(vmid))
+                finally:
+                    ct.lock = None
+                    ct.config.pop("lock", None)
+                volumes = store.setdefault("volumes", {})
+                stamp = time.time()
+                while True:
+                    name = "backup/vzdump-lxc-{0}-{1}.tar.zst".format(
+                        vmid, time.strftime("%Y_%m_%d-%H_%M_%S", time.localtime(stamp)))
+                    if name not in volumes:
+                        break
+                    stamp += 1  # PVE would overwrite; two archives of one second stay two
+                size = self.backup_base_size + len(repr(disk))
+                volumes[name] = {"content": "backup", "format": "tar.zst", "size": size,
+                                 "ctime": int(stamp), "vmid": vmid,
+                                 "notes": notes.replace("{{guestname}}",
+                                                        str(ct.config.get("hostname", "")))
+                                 .replace("{{vmid}}", str(vmid))}
+                self.backup_disks[f"{storage}:{name}"] = disk
+                return f"INFO: creating vzdump archive '/var/lib/vz/dump/{name[7:]}'\n" \
+                       f"INFO: Finished Backup of VM {vmid}"
+
+        return await self.task(node, "vzdump", vmid, user, body, vm=ct, lock=False,
+                               log=[f"INFO: starting new backup job: vzdump {vmid} "
+                                    f"--storage {storage} --mode {v.get('mode', 'snapshot')}"])
+
+    async def _lxc_create(self, user, v):
+        """A restore brings the archive's disk back (the agent stand-in reads it at boot)."""
+        upid = await super()._lxc_create(user, v)
+        if v.get("restore"):
+            ct = self.ct(int(v["vmid"]))
+            if ct is not None:
+                ct.restored_disk = copy.deepcopy(self.backup_disks.get(v["ostemplate"], {}))
+        return upid
+
+    async def _sim_backups(self, request: web.Request) -> web.Response:
+        return json_response({volid: disk for volid, disk in self.backup_disks.items()})
+
+    async def _sim_backup_corrupt(self, request: web.Request) -> web.Response:
+        volid = str((await request.json()).get("volid", ""))
+        disk = self.backup_disks.get(volid)
+        if disk is None:
+            return json_response({"error": f"no archive {volid}"}, 404)
+        if disk.get("world"):
+            disk["world"]["corrupt"] = True
+        return json_response({"volid": volid, "corrupt": True})
 
     # --- a task that ends in TASK ERROR -----------------------------------------------------
     async def task(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):
@@ -109,10 +211,13 @@ class DevPve(FakePve):
         r.add_post("/_sim/lock/{vmid}", self._sim_lock)
         r.add_delete("/_sim/lock/{vmid}", self._sim_unlock)
         r.add_post("/_sim/task-errors", self._sim_task_error)
+        r.add_delete("/_sim/task-errors", self._sim_task_errors_clear)
         r.add_post("/_sim/time-scale", self._sim_time_scale)
         r.add_get("/_sim/containers", self._sim_containers)
         r.add_post("/_sim/containers", self._sim_add_containers)
         r.add_post("/_sim/containers/{vmid}/migrate", self._sim_migrate)
+        r.add_get("/_sim/backups", self._sim_backups)
+        r.add_post("/_sim/backups/corrupt", self._sim_backup_corrupt)
         return app
 
     async def _sim_migrate(self, request: web.Request) -> web.Response:
@@ -159,6 +264,10 @@ class DevPve(FakePve):
                 "count": int(spec.get("count", 1))}
         self.task_faults.append(rule)
         return json_response(rule, 201)
+
+    async def _sim_task_errors_clear(self, request: web.Request) -> web.Response:
+        self.task_faults.clear()
+        return json_response({"cleared": True})
 
     async def _sim_time_scale(self, request: web.Request) -> web.Response:
         self.time_scale = float((await request.json())["scale"])
