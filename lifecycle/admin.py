@@ -30,6 +30,7 @@ from .models import (
     AllocationPool,
     ApiToken,
     AuditEvent,
+    Backup,
     ContainerInstance,
     Node,
     Operation,
@@ -38,6 +39,7 @@ from .operation_kinds import SPECS, OperationSpec
 from .services.accounts import api_token_revoke
 from .services.actions import server_request, server_set_flags
 from .services.audit import Actor, audit_record
+from .services.backups import backup_delete_request, backup_request
 from .services.edge import server_republish_edge
 
 S = InstanceStatus
@@ -130,8 +132,8 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
         ("Notifications", {"fields": ("notifications_table",)}),
         ("Times", {"fields": ("created_at", "updated_at")}),
     )
-    actions = (*OPERATION_ACTIONS, "toggle_maintenance_lock", "suspend", "unsuspend",
-               "republish_edge")
+    actions = (*OPERATION_ACTIONS, "back_up_now", "toggle_maintenance_lock", "suspend",
+               "unsuspend", "republish_edge")
 
     def get_queryset(self, request):
         last = Operation.objects.filter(instance=OuterRef("pk")).order_by("-created_at")
@@ -225,6 +227,22 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
             values = {k: (not getattr(inst, k)) if v is None else v for k, v in flags.items()}
             server_set_flags(instance_id=inst.id, actor=admin_actor(request), **values)
         messages.success(request, f"{description}: {', '.join(i.slug for i in queryset)}")
+
+    @admin.action(description="Back up now (counts against the owner's backup quota)",
+                  permissions=["change"])
+    def back_up_now(self, request, queryset):
+        done, refused = [], []
+        for inst in queryset:
+            try:
+                backup, op = backup_request(instance_id=inst.id, actor=admin_actor(request),
+                                            notes=f"by {request.user.get_username()}")
+                done.append(f"{inst.slug} (backup {backup.id}, operation {op.id})")
+            except LifecycleError as exc:
+                refused.append(f"{inst.slug}: {exc.message}")
+        if done:
+            messages.success(request, "Requested: " + "; ".join(done))
+        if refused:
+            messages.error(request, "Refused: " + "; ".join(refused))
 
     @admin.action(description="Toggle maintenance lock", permissions=["change"])
     def toggle_maintenance_lock(self, request, queryset):
@@ -322,13 +340,53 @@ class AllocationAdmin(ReadOnlyAdmin):
 
 @admin.register(AccountQuota)
 class AccountQuotaAdmin(admin.ModelAdmin):
-    list_display = ("user", "max_servers", "max_memory_mb")
+    list_display = ("user", "max_servers", "max_memory_mb", "max_backups", "max_backup_gb")
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         audit_record(actor=admin_actor(request), action="quota:set",
                      data={"user": obj.user.get_username(), "max_servers": obj.max_servers,
-                           "max_memory_mb": obj.max_memory_mb})
+                           "max_memory_mb": obj.max_memory_mb,
+                           "max_backups": obj.max_backups, "max_backup_gb": obj.max_backup_gb})
+
+
+@admin.register(Backup)
+class BackupAdmin(ReadOnlyAdmin):
+    """World backups: listed with their archive; removing one goes through the same service
+    as the API (the archive is removed from the backup storage, the row stays as a record)."""
+    list_display = ("created_at", "instance", "owner", "kind", "state_badge", "size_text",
+                    "flushed", "node", "volid", "expires_at")
+    list_filter = ("state", "kind", "node", "flushed")
+    search_fields = ("=id", "instance__slug", "owner__username", "volid")
+    list_select_related = ("instance", "owner")
+    show_full_result_count = False
+    actions = ("delete_archives",)
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj):
+        return badge(obj.state)
+
+    @admin.display(description="size", ordering="size_bytes")
+    def size_text(self, obj):
+        return "-" if obj.size_bytes is None else f"{obj.size_bytes / 1024**2:.0f} MiB"
+
+    def has_delete_archives_permission(self, request) -> bool:
+        return has_model_permission(request, Backup, "change")
+
+    @admin.action(description="Delete the selected backups (removes their archives)",
+                  permissions=["delete_archives"])
+    def delete_archives(self, request, queryset):
+        done, refused = [], []
+        for backup in queryset:
+            try:
+                backup_delete_request(backup_id=backup.id, actor=admin_actor(request))
+                done.append(str(backup.id))
+            except LifecycleError as exc:
+                refused.append(f"{backup.id}: {exc.message}")
+        if done:
+            messages.success(request, "Deleting: " + ", ".join(done))
+        if refused:
+            messages.error(request, "Refused: " + "; ".join(refused))
 
 
 @admin.register(ApiToken)

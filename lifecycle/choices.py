@@ -76,6 +76,7 @@ class OperationKind(models.TextChoices):
     RESTORE = "restore", "Restore"
     PURGE = "purge", "Purge"
     ROTATE_CREDENTIAL = "rotate_credential", "Rotate agent credential"
+    BACKUP = "backup", "Back up"
 
 
 class OperationState(models.TextChoices):
@@ -96,6 +97,29 @@ TERMINAL_OPERATION_STATES = frozenset(
     {OperationState.SUCCEEDED, OperationState.FAILED, OperationState.ERRORED,
      OperationState.STALE, OperationState.CANCELLED}
 )
+
+
+class BackupKind(models.TextChoices):
+    MANUAL = "manual", "Manual"
+    SCHEDULED = "scheduled", "Scheduled"
+    #: Taken by a purge before the container is destroyed; kept BACKUP_PRE_PURGE_KEEP_DAYS.
+    PRE_PURGE = "pre_purge", "Before purge"
+    #: Taken by a restore of the current state before it is replaced.
+    PRE_RESTORE = "pre_restore", "Before restore"
+
+
+class BackupState(models.TextChoices):
+    #: Requested: its operation is queued or running.
+    CREATING = "creating", "Creating"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+    #: Its archive is being removed from the backup storage.
+    DELETING = "deleting", "Deleting"
+    DELETED = "deleted", "Deleted"
+
+
+#: Backups that count against the account's backup quota (their archive exists or will).
+BACKUP_COUNTED_STATES = frozenset({BackupState.CREATING, BackupState.READY})
 
 
 class PoolKind(models.TextChoices):

@@ -130,6 +130,17 @@ SPECS: dict[str, OperationSpec] = {spec.kind: spec for spec in (
         description="Staff: give the server's agent a new secret of its own; the old one stops "
                     "working once the agent holds the new one (heartbeats signed with it are "
                     "accepted for AGENT_CREDENTIAL_OVERLAP_SECONDS more)."),
+    OperationSpec(
+        kind=K.BACKUP,
+        # The server keeps running (vzdump snapshot mode) or stays stopped: no status change.
+        # Requested through POST /servers/{id}/backups (services.backups.backup_request), which
+        # makes the Backup row with the operation.
+        requestable_from=frozenset({S.RUNNING, S.STOPPED}),
+        begins_from=frozenset({S.RUNNING, S.STOPPED}),
+        working=None, ends_in=None, desired_after=None,
+        flow=f"{_FLOWS}.backups.BACKUP",
+        description="Back up the server's container (its world) to the backup storage; a "
+                    "running server keeps running."),
 )}
 
 

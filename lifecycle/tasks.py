@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from .services.backups import backup_remove, backup_sweep
 from .services.edge import velocity_resync_run
 from .worker.runner import operation_run
 from .worker.sweeper import operation_sweep, quarantine_release, server_purge_due
@@ -16,7 +17,12 @@ def execute_operation(operation_id: str) -> str:
 
 @shared_task(name="lifecycle.sweep_operations", ignore_result=True)
 def sweep_operations() -> dict:
-    return operation_sweep()
+    return {**operation_sweep(), **backup_sweep()}
+
+
+@shared_task(name="lifecycle.backup_remove", acks_late=True, ignore_result=True)
+def backup_remove_task(backup_id: str) -> str:
+    return backup_remove(backup_id=backup_id)
 
 
 @shared_task(name="lifecycle.purge_due", ignore_result=True)

@@ -36,6 +36,7 @@ from django_celery_beat.models import (
 from rest_framework.test import APIClient
 
 from lifecycle.choices import InstanceStatus, OperationKind, OperationState
+from lifecycle.models import Backup
 from lifecycle.services.accounts import api_token_create
 from lifecycle.services.audit import Actor
 from tests.factories import (
@@ -199,9 +200,21 @@ def seeded(db, admin_user) -> dict[str, Any]:
     NotificationFactory.create_batch(3, channel="critical")
     for name in ("operators", "support", "auditors"):
         Group.objects.create(name=name)
+    # Backups: three of each of alice's first server (one being made, one ready, one failed)
+    # and one ready of every other server.
+    for i, server in enumerate(servers):
+        states = ["creating", "ready", "failed"] if i == 0 else ["ready"]
+        for j, state in enumerate(states):
+            Backup.objects.create(
+                instance=server, owner=server.owner, kind="manual", state=state,
+                node=server.node.name, storage="pbs", vmid=server.vmid,
+                volid=f"pbs:backup/vzdump-lxc-{server.vmid}-2026_01_0{j + 1}-00_00_00.tar.zst"
+                if state == "ready" else None,
+                size_bytes=64 * 1024**2 if state == "ready" else None)
     _seed_beat()
     return {"alice": alice, "alice_token": alice_raw, "staff": staff, "staff_token": staff_raw,
-            "bob": bob, "servers": servers, "nodes": nodes}
+            "bob": bob, "servers": servers, "nodes": nodes,
+            "alice_server": str(servers[0].id)}
 
 
 def _seed_beat() -> None:
@@ -268,6 +281,8 @@ API_PAGES = [
     ("GET /api/v1/servers as staff", "/api/v1/servers", "staff", 2 * SERVERS_PER_USER),
     ("GET /api/v1/nodes as staff", "/api/v1/nodes", "staff", 2),
     ("GET /api/v1/me/quota as user", "/api/v1/me/quota", "alice", None),
+    ("GET /api/v1/servers/{id}/backups as user", "/api/v1/servers/{alice_server}/backups",
+     "alice", 3),
 ]
 
 
@@ -275,6 +290,7 @@ API_PAGES = [
 def test_api_list_query_count(key, path, who, rows, seeded, baselines):
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {seeded[who + '_token']}")
+    path = path.format(alice_server=seeded["alice_server"])
     warm = api.get(path)
     assert warm.status_code == 200, warm.content[:500]
     body = warm.json()

@@ -25,6 +25,7 @@ TASK_QUEUES: dict[str, str] = {
     "lifecycle.sweep_operations": "lifecycle",
     "lifecycle.purge_due": "lifecycle",
     "lifecycle.release_quarantine": "lifecycle",
+    "lifecycle.backup_remove": "lifecycle",
     "lifecycle.velocity_resync": "edge",
     "reconciler.run_cycle": "repair",
     "reconciler.repair": "repair",

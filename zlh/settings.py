@@ -238,6 +238,17 @@ PROXMOX_STORAGE = env.str("PROXMOX_STORAGE", default="local-lvm")
 PROXMOX_BRIDGE = env.str("PROXMOX_BRIDGE", default="vmbr0")
 # Bound on waiting for one Proxmox task (create, start, shutdown, destroy).
 PROXMOX_TASK_TIMEOUT = env.float("PROXMOX_TASK_TIMEOUT", default=300.0)
+# World backups (lifecycle/services/backups.py): vzdump archives in this Proxmox storage (a
+# Proxmox Backup Server storage in production; it must allow the `backup` content type),
+# snapshot mode so a running server keeps running.
+PROXMOX_BACKUP_STORAGE = env.str("PROXMOX_BACKUP_STORAGE", default="local")
+# Bound on waiting for one vzdump task (PVE runs one job per node at a time: it may queue).
+BACKUP_TASK_TIMEOUT_SECONDS = env.int("BACKUP_TASK_TIMEOUT_SECONDS", default=3600)
+# Per-account backup limits unless the account's quota row says otherwise.
+BACKUP_QUOTA_COUNT = env.int("BACKUP_QUOTA_COUNT", default=10)
+BACKUP_QUOTA_GB = env.int("BACKUP_QUOTA_GB", default=50)
+# A backup whose archive removal has not finished after this is removed again by the sweep.
+BACKUP_DELETE_RETRY_SECONDS = env.int("BACKUP_DELETE_RETRY_SECONDS", default=300)
 # The container firewall (lifecycle/firewall.py): every container's net0 gets firewall=1,
 # incoming policy DROP and one rule per port, each open only to one cluster IP set that these
 # lists fill (addresses or CIDRs, comma-separated): the agent port to the control plane's

@@ -5,7 +5,7 @@ from rest_framework import serializers
 
 from ..catalog import DEV_RUNTIMES, PLANS
 from ..choices import DesiredState, InstanceStatus, Kind, OperationKind, OperationState, Variant
-from ..models import ContainerInstance, Operation
+from ..models import Backup, ContainerInstance, Operation
 
 
 class StrictInputSerializer(serializers.Serializer):
@@ -109,6 +109,31 @@ class QuotaSerializer(serializers.Serializer):
     used_memory_mb = serializers.IntegerField()
     available_servers = serializers.IntegerField()
     available_memory_mb = serializers.IntegerField()
+    max_backups = serializers.IntegerField()
+    max_backup_gb = serializers.IntegerField()
+    used_backups = serializers.IntegerField(help_text="backups kept or being made")
+    used_backup_bytes = serializers.IntegerField()
+
+
+class BackupSerializer(serializers.ModelSerializer):
+    server = serializers.UUIDField(source="instance_id", read_only=True)
+    operation = serializers.UUIDField(source="operation_id", read_only=True, allow_null=True)
+    error = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Backup
+        fields = ("id", "server", "kind", "state", "notes", "size_bytes", "flushed",
+                  "created_at", "finished_at", "expires_at", "operation", "error")
+        read_only_fields = fields
+
+    def get_error(self, obj) -> str | None:
+        """Why it failed, in one line (the operation log has the rest)."""
+        return str((obj.error or {}).get("message", ""))[:300] or None if obj.error else None
+
+
+class BackupCreateInput(StrictInputSerializer):
+    notes = serializers.CharField(max_length=200, required=False, allow_blank=True, default="",
+                                  help_text="Shown in the list of backups.")
 
 
 class ErrorSerializer(serializers.Serializer):

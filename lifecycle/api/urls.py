@@ -7,6 +7,8 @@ from .views import (
     NodeListView,
     OperationDetailView,
     QuotaView,
+    ServerBackupDetailView,
+    ServerBackupsView,
     ServerViewSet,
     VelocityResyncView,
 )
@@ -15,6 +17,9 @@ router = SimpleRouter(trailing_slash=False)
 router.register("servers", ServerViewSet, basename="server")
 
 urlpatterns = [
+    path("servers/<uuid:server_id>/backups", ServerBackupsView.as_view(), name="server-backups"),
+    path("servers/<uuid:server_id>/backups/<uuid:backup_id>", ServerBackupDetailView.as_view(),
+         name="server-backup-detail"),
     path("operations/<uuid:pk>", OperationDetailView.as_view(), name="operation-detail"),
     path("me/quota", QuotaView.as_view(), name="me-quota"),
     path("nodes", NodeListView.as_view(), name="node-list"),

@@ -10,18 +10,27 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
+from rest_framework.generics import GenericAPIView
 from rest_framework.views import APIView
 
 from .. import selectors
 from ..models import Operation
 from ..services.accounts import quota_ensure, quota_usage
-from ..choices import OperationKind
+from ..services.backups import (
+    backup_delete_request,
+    backup_limits,
+    backup_request,
+    backup_usage,
+)
+from ..choices import BackupState, OperationKind
 from ..operation_kinds import SPECS, OperationSpec
 from ..services.actions import server_request
 from ..services.audit import Actor
 from ..services.edge import velocity_resync_request
 from ..services.servers import server_create
 from .serializers import (
+    BackupCreateInput,
+    BackupSerializer,
     ErrorSerializer,
     VelocityResyncSerializer,
     RestoreInput,
@@ -154,6 +163,72 @@ for _spec in SPECS.values():
         setattr(ServerViewSet, _spec.api_action, _operation_endpoint(_spec))
 
 
+def _server_for(request, server_id):
+    server = selectors.server_get_for(user=request.user, server_id=server_id)
+    if server is None:
+        raise NotFound("No such server.")
+    return server
+
+
+def _backup_for(request, server_id, backup_id):
+    """The backup, only if it is of this server and the server is the caller's (else 404:
+    another account's backup ids do not exist for you)."""
+    server = _server_for(request, server_id)
+    backup = server.backups.filter(pk=backup_id).exclude(state=BackupState.DELETED).first()
+    if backup is None:
+        raise NotFound("No such backup.")
+    return backup
+
+
+class ServerBackupsView(GenericAPIView):
+    """A server's world backups: list them, or take one now."""
+
+    serializer_class = BackupSerializer
+
+    @extend_schema(responses={200: BackupSerializer(many=True), **_ERRORS},
+                   description="The server's backups, newest first (deleted ones are left "
+                               "out).")
+    def get(self, request, server_id):
+        server = _server_for(request, server_id)
+        page = self.paginate_queryset(server.backups.exclude(state=BackupState.DELETED)
+                                      .order_by("-created_at"))
+        return self.get_paginated_response(BackupSerializer(page, many=True).data)
+
+    @extend_schema(request=BackupCreateInput,
+                   responses={202: BackupSerializer,
+                              409: OpenApiResponse(ErrorSerializer, description=(
+                                  "Backup quota reached, the server is not running or "
+                                  "stopped, or another operation is in progress")),
+                              **_ERRORS},
+                   description="Back up the server now (a running server keeps running). "
+                               "Answers 202 with the backup; its `operation` carries it out.")
+    def post(self, request, server_id):
+        server = _server_for(request, server_id)
+        body = BackupCreateInput(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        backup, op = backup_request(instance_id=server.id, actor=Actor.for_user(request.user),
+                                    notes=body.validated_data["notes"])
+        return Response(BackupSerializer(backup).data, status=status.HTTP_202_ACCEPTED,
+                        headers={"Location": f"/api/v1/servers/{server.id}/backups/{backup.id}"})
+
+
+class ServerBackupDetailView(APIView):
+    @extend_schema(responses={200: BackupSerializer, **_ERRORS})
+    def get(self, request, server_id, backup_id):
+        return Response(BackupSerializer(_backup_for(request, server_id, backup_id)).data)
+
+    @extend_schema(responses={202: BackupSerializer,
+                              409: OpenApiResponse(ErrorSerializer, description=(
+                                  "The backup is still being made, or a restore reads it")),
+                              **_ERRORS},
+                   description="Delete the backup: its archive is removed from the backup "
+                               "storage (202; the backup is `deleting` until it is gone).")
+    def delete(self, request, server_id, backup_id):
+        backup = _backup_for(request, server_id, backup_id)
+        backup = backup_delete_request(backup_id=backup.id, actor=Actor.for_user(request.user))
+        return Response(BackupSerializer(backup).data, status=status.HTTP_202_ACCEPTED)
+
+
 class OperationDetailView(APIView):
     @extend_schema(responses={200: OperationSerializer, **_ERRORS})
     def get(self, request, pk):
@@ -168,7 +243,13 @@ class QuotaView(APIView):
     def get(self, request):
         quota = quota_ensure(user=request.user)
         used = quota_usage(user_id=request.user.pk)
+        limits = backup_limits(quota)
+        backups = backup_usage(user_id=request.user.pk)
         return Response(QuotaSerializer({
+            "max_backups": limits.count,
+            "max_backup_gb": limits.gb,
+            "used_backups": backups.count,
+            "used_backup_bytes": backups.bytes,
             "max_servers": quota.max_servers,
             "max_memory_mb": quota.max_memory_mb,
             "used_servers": used.servers,

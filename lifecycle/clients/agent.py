@@ -83,6 +83,15 @@ class AgentReply(Answer):
     replay: bool = False
 
 
+class AgentWorld(Answer):
+    """The answer to `GET /world`: does the world on this disk load (a backup's verification)."""
+
+    loads: bool
+    seed: clipped(64) | None = None
+    generation: pydantic.NonNegativeInt | None = None
+    error: clipped(500) | None = None
+
+
 class AgentError(ExternalError):
     """`kind` is an AgentErrorKind."""
 
@@ -164,6 +173,19 @@ class AgentClient:
 
     def game_stop(self) -> dict[str, Any]:
         return self._request("POST", "/game/stop", AgentReply)
+
+    def world_flush(self, *, hold_seconds: int) -> dict[str, Any]:
+        """`save-all flush` then `save-off`: the world is on disk and stays as it is while a
+        backup reads it; the agent turns saving on again by itself after `hold_seconds`."""
+        return self._request("POST", "/world/flush", AgentReply,
+                             json={"holdSeconds": hold_seconds})
+
+    def world_resume(self) -> dict[str, Any]:
+        """`save-on`."""
+        return self._request("POST", "/world/resume", AgentReply)
+
+    def world(self) -> dict[str, Any]:
+        return self._request("GET", "/world", AgentWorld)
 
     def close(self) -> None:
         self.session.close()

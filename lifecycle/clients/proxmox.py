@@ -206,6 +206,18 @@ class IpsetEntry(Answer):
     nomatch: int | None = None
 
 
+class BackupVolume(Answer):
+    """One item of `…/storage/{storage}/content?content=backup`. Notes are free text anyone with
+    access to the storage may have written: clipped."""
+
+    volid: str = pydantic.Field(min_length=1, max_length=512)
+    size: int | None = pydantic.Field(default=None, ge=0)
+    ctime: int | None = pydantic.Field(default=None, ge=0)
+    vmid: int | None = pydantic.Field(default=None, ge=0)
+    notes: clipped(1024) | None = None  # type: ignore[valid-type]
+    protected: int | None = None
+
+
 #: A UPID: "UPID:node:pid:pstart:starttime:type:id:user:" (PVE's task id).
 Upid = pydantic.constr(pattern=r"^UPID:[^:]+:", max_length=512)
 
@@ -374,6 +386,33 @@ class ProxmoxClient:
                           lambda: self.api.nodes(node).lxc(vmid).delete(
                               purge=bool01(True), **{"destroy-unreferenced-disks": bool01(True)}),
                           Upid)
+
+    # --- backups (vzdump) --------------------------------------------------------------------------
+    def vzdump(self, node: str, vmid: int, *, storage: str, notes: str,
+               mode: str = "snapshot") -> str:
+        """Back up one container into `storage`; `notes` become the archive's notes (PVE
+        expands {{guestname}} and {{vmid}} in them). Never prunes (`remove=0`): which archives
+        go is the control plane's decision."""
+        return self._call(f"back up CT {vmid}",
+                          lambda: self.api.nodes(node).vzdump.post(
+                              vmid=str(vmid), storage=storage, mode=mode, compress="zstd",
+                              remove=bool01(False), **{"notes-template": notes}), Upid)
+
+    def backup_volumes(self, node: str, storage: str, *, vmid: int | None = None,
+                       ) -> list[dict[str, Any]]:
+        """The backup archives in `storage` (of container `vmid` when given)."""
+        params: dict[str, Any] = {"content": "backup"}
+        if vmid is not None:
+            params["vmid"] = vmid
+        return self._call(f"list the backups in {storage}",
+                          lambda: self.api.nodes(node).storage(storage).content.get(**params),
+                          list[BackupVolume])
+
+    def volume_delete(self, node: str, storage: str, volid: str) -> str | None:
+        """Remove a volume (a backup archive); a UPID, or None when PVE did it at once."""
+        return self._call(f"delete {volid}",
+                          lambda: self.api.nodes(node).storage(storage).content(volid).delete(),
+                          Upid | None)
 
     # --- tasks ----------------------------------------------------------------------------------
     def task_wait(self, upid: str, *, timeout: float, on_tick: Callable[[], None] | None = None,

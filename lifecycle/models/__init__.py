@@ -2,6 +2,7 @@
 from .accounts import AccountQuota, ApiToken
 from .agents import AgentCredential, AgentHeartbeat
 from .allocations import Allocation, AllocationPool
+from .backups import Backup
 from .audit import AuditEvent
 from .instances import ContainerInstance
 from .nodes import Node
@@ -15,6 +16,7 @@ __all__ = (
     "AllocationPool",
     "ApiToken",
     "AuditEvent",
+    "Backup",
     "ContainerInstance",
     "Node",
     "Operation",

@@ -16,6 +16,9 @@ class AccountQuota(models.Model):
     )
     max_servers = models.PositiveIntegerField()
     max_memory_mb = models.PositiveIntegerField()
+    #: Backup limits; empty = the defaults in settings (BACKUP_QUOTA_COUNT, BACKUP_QUOTA_GB).
+    max_backups = models.PositiveIntegerField(null=True, blank=True)
+    max_backup_gb = models.PositiveIntegerField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

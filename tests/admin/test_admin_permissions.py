@@ -37,6 +37,7 @@ OPERATION_ACTIONS = {
     "restore": ("deleted", "restore"),
     "purge_now": ("deleted", "purge"),
     "rotate_agent_credential": ("running", "rotate_credential"),
+    "back_up_now": ("running", "backup"),
 }
 FLAG_ACTIONS = {"toggle_maintenance_lock": "maintenance_lock", "suspend": "suspended",
                 "unsuspend": "suspended"}

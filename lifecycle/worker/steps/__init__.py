@@ -20,6 +20,7 @@ class Step(StrEnum):
     UNPUBLISHED = "unpublished"  # DNS and Velocity removed
     STOPPED = "stopped"          # the container is stopped
     DESTROYED = "destroyed"      # the container is gone
+    BACKUP_STARTED = "backup_started"  # the backup's vzdump task was started (UPID kept)
     DONE = "done"                # the operation succeeded
 
 

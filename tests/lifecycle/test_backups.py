@@ -1,0 +1,285 @@
+"""World backups on the real stack (issue 15, the on-demand part): the API, the vzdump in the
+devstack's Proxmox, the agent flushing the world first, exactly one archive per backup even
+when workers die or messages are duplicated, quotas, and removal of archives."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from lifecycle.choices import BackupState
+from lifecycle.models import AccountQuota, Backup, ContainerInstance, Operation
+from lifecycle.services.audit import Actor
+from lifecycle.services.backups import backup_remove, backup_request, backup_sweep
+from lifecycle.services.operations import operation_enqueue
+from lifecycle.services.servers import server_create
+from tests.reconciler.helpers import running
+from tests.support.platform import game_body, make_user
+from tests.support.stack import wait_operation
+from tests.support.waiting import wait_until
+from tests.support.workers import start_worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def api(user):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {user.token}")
+    return client
+
+
+def archives(stack, vmid=None):
+    resp = stack.pve_api("GET", "/nodes/pve1/storage/local/content",
+                         params={"content": "backup", **({"vmid": vmid} if vmid else {})})
+    assert resp.status_code == 200, resp.text
+    return resp.json()["data"]
+
+
+def backed_up(owner, server, **body):
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/backups", body, format="json")
+    assert resp.status_code == 202, resp.content
+    backup = resp.json()
+    try:
+        wait_operation(backup["operation"], timeout=60)
+    except AssertionError:
+        op = Operation.objects.get(pk=backup["operation"])
+        raise AssertionError(f"backup operation {op.state}: {op.error} / {op.log}") from None
+    return Backup.objects.get(pk=backup["id"])
+
+
+def test_a_running_server_is_backed_up_and_keeps_running(stack, worker, owner):
+    server = running(owner, "saved")
+    before = stack.agent(server.vmid)
+    backup = backed_up(owner, server, notes="before the update")
+
+    assert backup.state == BackupState.READY and backup.flushed is True
+    assert backup.volid.startswith(f"local:backup/vzdump-lxc-{server.vmid}-")
+    assert backup.size_bytes and backup.size_bytes >= 64 * 1024**2
+    [archive] = archives(stack, server.vmid)
+    assert archive["volid"] == backup.volid and backup.marker in archive["notes"]
+    # The world was flushed and saving paused before the snapshot, and saving is on again.
+    after = stack.agent(server.vmid)
+    assert after["flushes"] == before["flushes"] + 1 and after["savesOff"] is False
+    # The archive holds the world as it was.
+    disk = stack.pve("GET", "/_sim/backups")[backup.volid]
+    assert disk["world"]["seed"] == before["world"]["seed"]
+    # It kept running throughout: no stop, no reboot.
+    assert after["state"] == "running" and after["boots"] == before["boots"]
+    assert after["uncleanStops"] == 0
+    server.refresh_from_db()
+    assert server.status == "running"
+    op = Operation.objects.get(pk=backup.operation_id)
+    msgs = " | ".join(line["msg"] for line in op.log)
+    assert "save-all flush" in msgs and "save-on" in msgs
+    assert msgs.index("save-all flush") < msgs.index("vzdump") < msgs.index("save-on")
+
+    listed = api(owner).get(f"/api/v1/servers/{server.id}/backups").json()["results"]
+    assert [(b["id"], b["kind"], b["state"], b["notes"]) for b in listed] == [
+        (str(backup.id), "manual", "ready", "before the update")]
+    assert listed[0]["size_bytes"] == backup.size_bytes
+
+
+def test_a_stopped_server_is_backed_up_without_the_agent(stack, worker, owner):
+    server = running(owner, "asleep")
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/stop")
+    wait_operation(resp.json()["id"])
+    backup = backed_up(owner, server)
+    assert backup.state == BackupState.READY and backup.flushed is None
+    server.refresh_from_db()
+    assert server.status == "stopped"
+
+
+def test_an_agent_that_does_not_answer_does_not_prevent_the_backup(stack, worker, owner):
+    server = running(owner, "mute")
+    stack.agents("POST", f"/_sim/agents/{server.vmid}/hang")
+    backup = backed_up(owner, server)
+    assert backup.state == BackupState.READY and backup.flushed is False
+    op = Operation.objects.get(pk=backup.operation_id)
+    assert any("did not flush the world" in line["msg"] for line in op.log)
+
+
+def test_duplicate_deliveries_and_a_killed_worker_make_one_archive(stack, worker_env, owner,
+                                                                   tmp_path):
+    """The vzdump takes a while (time scale): its message is delivered four more times while it
+    runs, and the worker running it is killed halfway; another worker takes the operation over.
+    One archive, one backup, whatever happens."""
+    stack.reset(time_scale=0.5)  # vzdump: 3 PVE seconds -> 1.5 s
+    victim = start_worker(worker_env(), tmp_path, name="victim", concurrency=1)
+    try:
+        server = running(owner, "dupes")
+        resp = api(owner).post(f"/api/v1/servers/{server.id}/backups", {}, format="json")
+        backup_id, op_id = resp.json()["id"], resp.json()["operation"]
+        for _ in range(4):
+            operation_enqueue(operation_id=op_id)
+        wait_until(lambda: Backup.objects.filter(pk=backup_id).exclude(task_upid="").exists(),
+                   timeout=60, what="the vzdump to start")
+        victim.kill()
+    finally:
+        victim.stop()
+    rescuer = start_worker(worker_env(), tmp_path, name="rescuer", concurrency=2)
+    try:
+        wait_operation(op_id, timeout=90, sweep=True)
+    finally:
+        rescuer.stop()
+    backup = Backup.objects.get(pk=backup_id)
+    assert backup.state == BackupState.READY
+    # The worker that flushed the world died before it could turn saving on again: the one
+    # that took over did.
+    assert backup.flushed is True and stack.agent(server.vmid)["savesOff"] is False
+    [archive] = archives(stack, server.vmid)
+    assert archive["volid"] == backup.volid
+    vzdumps = [t for t in stack.pve_api("GET", "/nodes/pve1/tasks",
+                                        params={"limit": 500}).json()["data"]
+               if t["type"] == "vzdump"]
+    assert len(vzdumps) == 1, "\n".join(
+        [f"{t['type']} {t.get('status')} {t.get('exitstatus')}" for t in vzdumps]
+        + [line["msg"] for line in Operation.objects.get(pk=op_id).log])
+
+
+def test_backups_count_against_the_account_quota(stack, worker, owner):
+    server = running(owner, "quota")
+    AccountQuota.objects.filter(user=owner.user).update(max_backups=2)
+    first = backed_up(owner, server)
+    backed_up(owner, server)
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/backups", {}, format="json")
+    assert resp.status_code == 409 and resp.json()["code"] == "quota_exceeded"
+    assert "2 of 2 backups" in resp.json()["message"]
+    quota = api(owner).get("/api/v1/me/quota").json()
+    assert (quota["used_backups"], quota["max_backups"]) == (2, 2)
+    assert quota["used_backup_bytes"] == sum(
+        Backup.objects.filter(owner=owner.user).values_list("size_bytes", flat=True))
+    # Deleting one frees its place (the archive is removed from the storage).
+    resp = api(owner).delete(f"/api/v1/servers/{server.id}/backups/{first.id}")
+    assert resp.status_code == 202 and resp.json()["state"] == "deleting"
+    wait_until(lambda: Backup.objects.get(pk=first.id).state == BackupState.DELETED,
+               timeout=30, what="the archive to be removed")
+    assert first.volid not in [a["volid"] for a in archives(stack, server.vmid)]
+    assert len(archives(stack, server.vmid)) == 1
+    assert api(owner).get(f"/api/v1/servers/{server.id}/backups/{first.id}").status_code == 404
+    backed_up(owner, server)
+
+
+def test_a_size_quota_refuses_too(stack, worker, owner):
+    server = running(owner, "bytes")
+    AccountQuota.objects.filter(user=owner.user).update(max_backup_gb=1)
+    Backup.objects.create(instance=server, owner=owner.user, kind="manual", state="ready",
+                          volid="local:backup/vzdump-lxc-1-2026_01_01-00_00_00.tar.zst",
+                          size_bytes=2 * 1024**3)
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/backups", {}, format="json")
+    assert resp.status_code == 409 and "GB" in resp.json()["message"]
+
+
+def test_concurrent_requests_never_overshoot_the_quota(stack, owner):
+    """Eight requests at once for eight servers of one account with room for three: three are
+    accepted (the quota row is locked), the others refused; nothing is half made."""
+    servers = [server_create(owner=owner.user, data=game_body(f"quota-race-{i}")).instance
+               for i in range(8)]
+    # No worker here: only the requests are raced, as if the servers ran.
+    ContainerInstance.objects.filter(pk__in=[s.id for s in servers]).update(status="running")
+    Operation.objects.filter(instance_id__in=[s.id for s in servers]).update(
+        state="succeeded", active_slot=None)
+    AccountQuota.objects.filter(user=owner.user).update(max_backups=3)
+    gate = threading.Barrier(8)
+    results = []
+
+    def one(server):
+        try:
+            gate.wait(timeout=10)
+            backup_request(instance_id=server.id, actor=Actor.system("test"))
+            results.append("ok")
+        except Exception as exc:  # noqa: BLE001 - counted below
+            results.append(type(exc).__name__)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(results) == ["QuotaExceeded"] * 5 + ["ok"] * 3, results
+    assert Backup.objects.filter(owner=owner.user).count() == 3
+    assert Operation.objects.filter(kind="backup").count() == 3
+
+
+def test_bad_requests_are_refused_and_other_accounts_see_nothing(stack, worker, owner):
+    server = running(owner, "mine")
+    backup = backed_up(owner, server)
+    stranger = make_user("stranger")
+    # Another account: the server and its backups do not exist for it.
+    assert api(stranger).get(f"/api/v1/servers/{server.id}/backups").status_code == 404
+    assert api(stranger).get(
+        f"/api/v1/servers/{server.id}/backups/{backup.id}").status_code == 404
+    assert api(stranger).delete(
+        f"/api/v1/servers/{server.id}/backups/{backup.id}").status_code == 404
+    assert api(stranger).post(f"/api/v1/servers/{server.id}/backups", {},
+                              format="json").status_code == 404
+    # A backup id of another server of the same account is not this server's.
+    other = running(owner, "yours")
+    assert api(owner).get(f"/api/v1/servers/{other.id}/backups/{backup.id}").status_code == 404
+    # Notes are bounded; unknown fields are refused.
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/backups", {"notes": "x" * 201},
+                           format="json")
+    assert resp.status_code == 400 and "notes" in resp.json()["fields"]
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/backups", {"kind": "pre_purge"},
+                           format="json")
+    assert resp.status_code == 400
+    # Not while another operation runs on the server, nor of a deleted server.
+    resp = api(owner).delete(f"/api/v1/servers/{other.id}")
+    assert resp.status_code == 202
+    resp = api(owner).post(f"/api/v1/servers/{other.id}/backups", {}, format="json")
+    assert resp.status_code == 409, resp.content
+    assert Backup.objects.filter(instance=other).count() == 0
+    # Deleting twice is one deletion.
+    for _ in range(2):
+        assert api(owner).delete(
+            f"/api/v1/servers/{server.id}/backups/{backup.id}").status_code == 202
+    wait_until(lambda: Backup.objects.get(pk=backup.id).state == BackupState.DELETED,
+               timeout=30, what="the archive to be removed")
+
+
+def test_a_failed_vzdump_fails_the_backup_once_and_a_new_one_works(stack, worker, owner):
+    from notifications.models import Notification
+
+    from lifecycle.services.backups import backup_usage
+
+    server = running(owner, "unlucky")
+    stack.pve("POST", "/_sim/task-errors",
+              json={"type": "vzdump", "message": "job errors", "count": 100})
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/backups", {}, format="json")
+    op = wait_operation(resp.json()["operation"], states=("failed",), timeout=120, sweep=True)
+    backup = Backup.objects.get(pk=resp.json()["id"])
+    assert backup.state == BackupState.FAILED and "job errors" in backup.error["message"]
+    assert "job errors" in op.error["message"]
+    # The operator hears of it once; the server is untouched and saving is on again.
+    warnings = [n for n in Notification.objects.filter(channel="warning", kind="firing")
+                if "Backup unlucky failed" in n.title]
+    assert len(warnings) == 1
+    server.refresh_from_db()
+    assert server.status == "running"
+    assert stack.agent(server.vmid)["savesOff"] is False
+    # A failed backup does not count against the quota, and a new one succeeds.
+    assert backup_usage(user_id=owner.user.pk).count == 0
+    stack.pve("DELETE", "/_sim/task-errors")
+    assert backed_up(owner, server).state == BackupState.READY
+
+
+def test_removal_is_idempotent_and_resent_by_the_sweep(stack, worker, owner, settings):
+    server = running(owner, "gone")
+    backup = backed_up(owner, server)
+    # The archive vanished behind our back (an operator pruned the storage).
+    resp = stack.pve_api("DELETE", f"/nodes/pve1/storage/local/content/{backup.volid}")
+    assert resp.status_code == 200, resp.text
+    Backup.objects.filter(pk=backup.id).update(state=BackupState.DELETING)
+    assert backup_remove(backup_id=backup.id) == "deleted"
+    assert backup_remove(backup_id=backup.id) == "nothing to do"
+    # A row left in `deleting` (its message lost) is sent again by the sweep.
+    second = backed_up(owner, server)
+    Backup.objects.filter(pk=second.id).update(state=BackupState.DELETING)
+    settings.BACKUP_DELETE_RETRY_SECONDS = 0
+    assert backup_sweep()["removals_resent"] >= 1
+    wait_until(lambda: Backup.objects.get(pk=second.id).state == BackupState.DELETED,
+               timeout=30, what="the resent removal")
+    assert archives(stack, server.vmid) == []
