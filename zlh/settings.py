@@ -247,6 +247,10 @@ BACKUP_TASK_TIMEOUT_SECONDS = env.int("BACKUP_TASK_TIMEOUT_SECONDS", default=360
 # Per-account backup limits unless the account's quota row says otherwise.
 BACKUP_QUOTA_COUNT = env.int("BACKUP_QUOTA_COUNT", default=10)
 BACKUP_QUOTA_GB = env.int("BACKUP_QUOTA_GB", default=50)
+# A purge takes a final backup first (no archive, no purge), kept this many days after the
+# server is gone, then removed by the sweep. Not counted against the owner's backup quota.
+BACKUP_BEFORE_PURGE = env.bool("BACKUP_BEFORE_PURGE", default=True)
+BACKUP_PRE_PURGE_KEEP_DAYS = env.int("BACKUP_PRE_PURGE_KEEP_DAYS", default=14)
 # A backup whose archive removal has not finished after this is removed again by the sweep.
 BACKUP_DELETE_RETRY_SECONDS = env.int("BACKUP_DELETE_RETRY_SECONDS", default=300)
 # The container firewall (lifecycle/firewall.py): every container's net0 gets firewall=1,

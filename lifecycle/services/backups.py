@@ -69,8 +69,10 @@ def backup_limits(quota: AccountQuota) -> BackupLimits:
 
 
 def backup_usage(*, user_id: Any) -> BackupUsage:
-    """What counts against the backup quota: archives that exist or are being made."""
-    row = Backup.objects.filter(owner_id=user_id, state__in=BACKUP_COUNTED_STATES).aggregate(
+    """What counts against the backup quota: archives that exist or are being made, except
+    the final backups the platform keeps for a while after a purge."""
+    row = Backup.objects.filter(owner_id=user_id, state__in=BACKUP_COUNTED_STATES).exclude(
+        kind=BackupKind.PRE_PURGE).aggregate(
         count=Count("id"), bytes=Sum("size_bytes"))
     return BackupUsage(count=row["count"] or 0, bytes=row["bytes"] or 0)
 
@@ -227,4 +229,13 @@ def backup_sweep() -> dict[str, int]:
     ).update(state=BackupState.FAILED, finished_at=Now(), updated_at=Now(),
              error={"kind": "operation_ended", "message": "its operation ended before the "
                     "backup was made", "retryable": False})
-    return {"removals_resent": len(stuck), "backups_abandoned": orphaned}
+    # Backups kept for a while (a purged server's final backup) go when their time is up.
+    expired = 0
+    for backup_id in list(Backup.objects.filter(state=BackupState.READY,
+                                                expires_at__lte=Now())
+                          .values_list("id", flat=True)[:100]):
+        backup_delete_request(backup_id=backup_id,
+                              actor=Actor.system("backup expiry"))
+        expired += 1
+    return {"removals_resent": len(stuck), "backups_abandoned": orphaned,
+            "backups_expired": expired}

@@ -30,6 +30,11 @@ def api(user):
     return client
 
 
+@pytest.fixture
+def staff_api(stack):
+    return api(make_user("operator", staff=True))
+
+
 def archives(stack, vmid=None):
     resp = stack.pve_api("GET", "/nodes/pve1/storage/local/content",
                          params={"content": "backup", **({"vmid": vmid} if vmid else {})})
@@ -282,4 +287,66 @@ def test_removal_is_idempotent_and_resent_by_the_sweep(stack, worker, owner, set
     assert backup_sweep()["removals_resent"] >= 1
     wait_until(lambda: Backup.objects.get(pk=second.id).state == BackupState.DELETED,
                timeout=30, what="the resent removal")
+    assert archives(stack, server.vmid) == []
+
+
+def _deleted(owner, name):
+    server = running(owner, name)
+    resp = api(owner).delete(f"/api/v1/servers/{server.id}")
+    wait_operation(resp.json()["id"])
+    return server
+
+
+def test_a_purge_takes_a_final_backup_first(stack, worker, owner, staff_api):
+    server = _deleted(owner, "farewell")
+    world = stack.agent(server.vmid)["world"]
+    resp = staff_api.post(f"/api/v1/servers/{server.id}/purge")
+    op = wait_operation(resp.json()["id"], timeout=90)
+    [final] = Backup.objects.filter(instance=server)
+    assert (final.kind, final.state, final.operation_id) == ("pre_purge", "ready", op.id)
+    assert final.expires_at is not None
+    days = (final.expires_at - final.created_at).total_seconds() / 86400
+    assert 13.9 < days < 14.1
+    # The archive holds the world the server had, and it outlives the container.
+    assert stack.pve("GET", "/_sim/backups")[final.volid]["world"]["seed"] == world["seed"]
+    assert [a["volid"] for a in archives(stack, server.vmid)] == [final.volid]
+    assert server.vmid not in [c["vmid"] for c in stack.containers()]
+    msgs = [line["msg"] for line in op.log]
+    backed = next(i for i, m in enumerate(msgs) if m.startswith("final backup"))
+    destroyed = next(i for i, m in enumerate(msgs) if "destroy" in m.lower())
+    assert backed < destroyed, msgs
+    # The platform keeps it: it does not count against the owner's backup quota.
+    assert api(owner).get("/api/v1/me/quota").json()["used_backups"] == 0
+
+
+def test_no_archive_no_purge(stack, worker, owner, staff_api):
+    server = _deleted(owner, "keepme")
+    stack.pve("POST", "/_sim/task-errors",
+              json={"type": "vzdump", "message": "job errors", "count": 100})
+    resp = staff_api.post(f"/api/v1/servers/{server.id}/purge")
+    op = wait_operation(resp.json()["id"], states=("failed",), timeout=120, sweep=True)
+    assert "job errors" in op.error["message"]
+    # The container and its world are still there; the server can be purged again later.
+    assert server.vmid in [c["vmid"] for c in stack.containers()]
+    server.refresh_from_db()
+    assert server.status == "purging"
+    stack.pve("DELETE", "/_sim/task-errors")
+    backup_sweep()  # the failed attempt's backup row ends `failed`
+    assert Backup.objects.get(instance=server, operation=op).state == BackupState.FAILED
+    resp = staff_api.post(f"/api/v1/servers/{server.id}/purge")
+    wait_operation(resp.json()["id"], timeout=90)
+    assert Backup.objects.get(instance=server, state="ready").kind == "pre_purge"
+
+
+def test_expired_final_backups_are_removed(stack, worker, owner, staff_api):
+    server = _deleted(owner, "expiring")
+    resp = staff_api.post(f"/api/v1/servers/{server.id}/purge")
+    wait_operation(resp.json()["id"], timeout=90)
+    final = Backup.objects.get(instance=server)
+    assert backup_sweep()["backups_expired"] == 0
+    from django.db.models.functions import Now
+    Backup.objects.filter(pk=final.pk).update(expires_at=Now())
+    assert backup_sweep()["backups_expired"] == 1
+    wait_until(lambda: Backup.objects.get(pk=final.pk).state == BackupState.DELETED,
+               timeout=30, what="the expired archive to be removed")
     assert archives(stack, server.vmid) == []

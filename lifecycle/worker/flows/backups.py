@@ -1,156 +1,33 @@
-"""Back up a server's container (operation kind `backup`): flush the world → vzdump → find the
-archive → the backup is ready.
-
-- A running server keeps running: the game is asked to `save-all flush` and `save-off` first
-  (the agent turns saving on again by itself after a bound, should we die before we say so),
-  vzdump runs in snapshot mode, and `save-on` follows whatever happened. An agent that does
-  not answer (a crashed game, a tenant's dev container) does not prevent the backup; the
-  backup records that the world was not flushed.
-- Exactly one archive per backup: the vzdump's UPID is kept on the backup row before it is
-  waited for, so a retry after a worker died waits for that task instead of starting another;
-  the archive is found by the `zlh-backup:<id>` its notes carry, and should two exist anyway
-  (a worker that died between starting the task and writing its UPID), the extra is removed.
-"""
+"""Back up a server's container (operation kind `backup`): the steps are
+`lifecycle/worker/steps/backups.py` (flush the world, vzdump exactly once, one archive)."""
 from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models.functions import Now
 
 from notifications.services import alert_resolve
 
 from ...choices import BackupState
-from ...choices import InstanceStatus as S
-from ...clients.agent import AgentError
-from ...clients.proxmox import ProxmoxClient, ProxmoxError, PveErrorKind
-from ...models import Backup, ContainerInstance
+from ...models import Backup
 from ..context import OperationContext
 from ..errors import StepError
 from ..steps import Step
-from ..steps.agent import agent_for
+from ..steps.backups import archive_step
 from ..steps.proxmox import proxmox
 from ..steps.status import failure_alert_key
 from . import Flow
 
-#: Margin on top of the vzdump timeout before the agent turns saving on by itself.
-FLUSH_HOLD_MARGIN = 120
-
-
-def _backup(ctx: OperationContext) -> Backup:
-    return Backup.objects.get(pk=ctx.params["backup_id"])
-
-
-def _archives(pve: ProxmoxClient, backup: Backup) -> list[dict[str, Any]]:
-    """The archives of this backup (by the marker in their notes), oldest first."""
-    found = [v for v in pve.backup_volumes(backup.node, backup.storage, vmid=backup.vmid)
-             if backup.marker in str(v.get("notes") or "").split()]
-    return sorted(found, key=lambda v: (v.get("ctime") or 0, v["volid"]))
-
-
-def _the_archive(ctx: OperationContext, pve: ProxmoxClient,
-                 backup: Backup) -> dict[str, Any] | None:
-    """The one archive of this backup; extras (there should be none) are removed."""
-    found = _archives(pve, backup)
-    for extra in found[1:]:
-        ctx.note(f"a second archive of this backup ({extra['volid']}): removing it")
-        try:
-            upid = pve.volume_delete(backup.node, backup.storage, extra["volid"])
-            if upid:
-                pve.task_wait(upid, timeout=settings.PROXMOX_TASK_TIMEOUT, on_tick=ctx.renew)
-        except ProxmoxError as err:
-            ctx.note(f"could not remove {extra['volid']}: {err.message}")
-    return found[0] if found else None
-
-
-def _flush(ctx: OperationContext, inst: ContainerInstance):
-    """Ask the game to flush and pause saving; (agent client or None, flushed)."""
-    if inst.status != S.RUNNING:
-        ctx.note(f"the server is {inst.status}: its world is on disk as it is")
-        return None, None
-    agent = agent_for(inst)
-    try:
-        agent.world_flush(hold_seconds=settings.BACKUP_TASK_TIMEOUT_SECONDS + FLUSH_HOLD_MARGIN)
-        ctx.note("the game saved the world (save-all flush) and paused saving (save-off)")
-        return agent, True
-    except AgentError as err:
-        agent.close()
-        ctx.note(f"the agent did not flush the world ({err.message}); the snapshot is taken as "
-                 "the disk is")
-        return None, False
-
-
-def _resume(ctx: OperationContext, agent) -> None:
-    if agent is None:
-        return
-    try:
-        agent.world_resume()
-        ctx.note("saving resumed (save-on)")
-    except AgentError as err:
-        ctx.note(f"could not resume saving ({err.message}); the agent resumes by itself")
-    finally:
-        agent.close()
-
-
-def _vzdump(ctx: OperationContext, pve: ProxmoxClient, backup: Backup) -> None:
-    """Run the backup's vzdump once: wait for the task an earlier attempt started, else start
-    one and keep its UPID before waiting."""
-    upid = backup.task_upid
-    if upid:
-        ctx.note(f"waiting for the vzdump an earlier attempt started ({upid})")
-    else:
-        upid = pve.vzdump(backup.node, backup.vmid, storage=backup.storage,
-                          notes=f"{backup.marker} {{{{guestname}}}}")
-        Backup.objects.filter(pk=backup.pk).update(task_upid=upid, updated_at=Now())
-        backup.task_upid = upid
-        ctx.checkpoint(Step.BACKUP_STARTED, f"vzdump of CT {backup.vmid} on {backup.node} "
-                                            f"into {backup.storage} started")
-    result = pve.task_wait(upid, timeout=settings.BACKUP_TASK_TIMEOUT_SECONDS,
-                           on_tick=ctx.renew)
-    if not result.ok:
-        # The next attempt starts a new one.
-        Backup.objects.filter(pk=backup.pk).update(task_upid="", updated_at=Now())
-        err = pve.task_error(result, f"back up CT {backup.vmid}")
-        # "job errors" with the container locked (a start, a migration): worth another try.
-        retryable = err.retryable or err.kind in (PveErrorKind.LOCKED, PveErrorKind.TASK_FAILED)
-        raise StepError(err.message, retryable=retryable, kind=err.kind)
-
 
 def _run(ctx: OperationContext) -> None:
-    backup = _backup(ctx)
+    backup = Backup.objects.get(pk=ctx.params["backup_id"])
     if backup.state != BackupState.CREATING:
         raise StepError(f"backup {backup.id} is {backup.state}", retryable=False,
                         kind="backup_state")
-    pve = proxmox()
-    archive = _the_archive(ctx, pve, backup)
-    flushed = backup.flushed
-    if archive is None:
-        inst = ctx.instance()
-        agent, flushed = _flush(ctx, inst)
-        Backup.objects.filter(pk=backup.pk).update(flushed=flushed)
-        try:
-            _vzdump(ctx, pve, backup)
-        finally:
-            _resume(ctx, agent)
-        archive = _the_archive(ctx, pve, backup)
-        if archive is None:
-            raise StepError(f"vzdump finished, but no archive in {backup.storage} carries "
-                            f"{backup.marker}", retryable=True, kind="archive_missing")
-    elif flushed:
-        # An earlier attempt flushed the world and died before turning saving on again.
-        inst = ctx.instance()
-        if inst.status == S.RUNNING:
-            _resume(ctx, agent_for(inst))
+    archive_step(ctx, proxmox(), backup, ctx.instance())
     with transaction.atomic():
-        updated = Backup.objects.filter(pk=backup.pk, state=BackupState.CREATING).update(
-            state=BackupState.READY, volid=archive["volid"], size_bytes=archive.get("size"),
-            finished_at=Now(), error=None, updated_at=Now())
-        if not updated:
-            raise StepError(f"backup {backup.id} changed meanwhile", retryable=False,
-                            kind="backup_state")
-        ctx.checkpoint(Step.DONE, f"archive {archive['volid']} "
-                                  f"({(archive.get('size') or 0) / 1024**2:.0f} MiB)")
+        ctx.checkpoint(Step.DONE, f"backup {backup.id} ready")
         alert_resolve(failure_alert_key(ctx.instance_id, ctx.kind),
                       body="A backup of this server succeeded.")
         ctx.succeed()

@@ -11,7 +11,7 @@ from core.clock import db_after, db_now
 
 from notifications.services import notify_lifecycle
 
-from ...choices import DesiredState
+from ...choices import BackupKind, DesiredState
 from ...choices import InstanceStatus as S
 from ...services.agent_credentials import agent_credential_rotate
 from ...services.allocations import allocation_release_to_quarantine
@@ -19,6 +19,7 @@ from ...services.nodes import node_release_memory
 from ..context import OperationContext
 from ..errors import StepError
 from ..steps import Step
+from ..steps.backups import backup_before
 from ..steps.edge import unpublish_step
 from ..steps.proxmox import container_destroy, nothing_of_ours_left, proxmox
 from ..steps.status import begin, finish, record_failure, server_facts, settle_on_failure
@@ -61,6 +62,14 @@ def _run_restore(ctx: OperationContext) -> None:
 def _run_purge(ctx: OperationContext) -> None:
     begin(ctx)
     pve = proxmox()
+    if settings.BACKUP_BEFORE_PURGE and ctx.step not in (Step.BACKED_UP, Step.DESTROYED):
+        # The world is never destroyed without a copy: no archive, no purge (it fails and is
+        # retried, and the operator is told).
+        backup = backup_before(ctx, pve, ctx.instance(), kind=BackupKind.PRE_PURGE,
+                               notes="final backup before purge",
+                               keep_seconds=settings.BACKUP_PRE_PURGE_KEEP_DAYS * 86400)
+        ctx.checkpoint(Step.BACKED_UP, f"final backup {backup.id} ready" if backup
+                       else "nothing to back up")
     container_destroy(ctx, pve, ctx.instance())  # on whichever node it is now
     # Nothing is released while a container carrying the server's tag exists anywhere: its IP
     # and port would go to a new server while it still runs. Unknown is not absent either.

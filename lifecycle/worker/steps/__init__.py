@@ -21,6 +21,7 @@ class Step(StrEnum):
     STOPPED = "stopped"          # the container is stopped
     DESTROYED = "destroyed"      # the container is gone
     BACKUP_STARTED = "backup_started"  # the backup's vzdump task was started (UPID kept)
+    BACKED_UP = "backed_up"      # the backup a destructive step takes first is ready
     DONE = "done"                # the operation succeeded
 
 
