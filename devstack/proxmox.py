@@ -192,10 +192,12 @@ class DevPve(FakePve):
             original_vm = vm
 
             async def failing():
-                if ttype == "vzcreate" and original_vm is not None:
-                    # PVE removes the half-made container when its create task fails.
+                if ttype in ("vzcreate", "vzrestore") and original_vm is not None:
+                    # PVE removes the half-made container when its create or restore task
+                    # fails (disks and config: the VMID is free again).
                     self._drop(original_vm)
-                    raise TaskError(f"unable to create CT {tid} - {message}")
+                    what = "create" if ttype == "vzcreate" else "restore"
+                    raise TaskError(f"unable to {what} CT {tid} - {message}")
                 raise TaskError(message)
 
             body = failing

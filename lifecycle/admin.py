@@ -39,7 +39,7 @@ from .operation_kinds import SPECS, OperationSpec
 from .services.accounts import api_token_revoke
 from .services.actions import server_request, server_set_flags
 from .services.audit import Actor, audit_record
-from .services.backups import backup_delete_request, backup_request
+from .services.backups import backup_delete_request, backup_request, backup_restore_request
 from .services.edge import server_republish_edge
 
 S = InstanceStatus
@@ -360,7 +360,8 @@ class BackupAdmin(ReadOnlyAdmin):
     search_fields = ("=id", "instance__slug", "owner__username", "volid")
     list_select_related = ("instance", "owner")
     show_full_result_count = False
-    actions = ("delete_archives",)
+    actions = ("restore_in_place", "delete_archives")
+    exclude = ("agent_secrets",)
 
     @admin.display(description="state", ordering="state")
     def state_badge(self, obj):
@@ -369,6 +370,24 @@ class BackupAdmin(ReadOnlyAdmin):
     @admin.display(description="size", ordering="size_bytes")
     def size_text(self, obj):
         return "-" if obj.size_bytes is None else f"{obj.size_bytes / 1024**2:.0f} MiB"
+
+    def has_restore_in_place_permission(self, request) -> bool:
+        return has_model_permission(request, ContainerInstance, "change")
+
+    @admin.action(description="Restore into its server (a backup of the current state is "
+                              "taken first)", permissions=["restore_in_place"])
+    def restore_in_place(self, request, queryset):
+        done, refused = [], []
+        for backup in queryset.select_related("instance"):
+            try:
+                op = backup_restore_request(backup_id=backup.id, actor=admin_actor(request))
+                done.append(f"{backup.instance.slug} from {backup.id} (operation {op.id})")
+            except LifecycleError as exc:
+                refused.append(f"{backup.id}: {exc.message}")
+        if done:
+            messages.success(request, "Requested: " + "; ".join(done))
+        if refused:
+            messages.error(request, "Refused: " + "; ".join(refused))
 
     def has_delete_archives_permission(self, request) -> bool:
         return has_model_permission(request, Backup, "change")

@@ -77,6 +77,7 @@ class OperationKind(models.TextChoices):
     PURGE = "purge", "Purge"
     ROTATE_CREDENTIAL = "rotate_credential", "Rotate agent credential"
     BACKUP = "backup", "Back up"
+    RESTORE_BACKUP = "restore_backup", "Restore from a backup"
 
 
 class OperationState(models.TextChoices):
@@ -120,6 +121,9 @@ class BackupState(models.TextChoices):
 
 #: Backups that count against the account's backup quota (their archive exists or will).
 BACKUP_COUNTED_STATES = frozenset({BackupState.CREATING, BackupState.READY})
+#: Backups the platform takes before a destructive step: never refused by the quota, not
+#: counted in it, and removed by themselves after a while.
+PLATFORM_BACKUP_KINDS = frozenset({BackupKind.PRE_PURGE, BackupKind.PRE_RESTORE})
 
 
 class PoolKind(models.TextChoices):

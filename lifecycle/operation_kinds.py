@@ -141,6 +141,16 @@ SPECS: dict[str, OperationSpec] = {spec.kind: spec for spec in (
         flow=f"{_FLOWS}.backups.BACKUP",
         description="Back up the server's container (its world) to the backup storage; a "
                     "running server keeps running."),
+    OperationSpec(
+        kind=K.RESTORE_BACKUP,
+        # Requested through POST /servers/{id}/backups/{backup_id}/restore. The server keeps
+        # its status (running stays running after the restore, stopped stays stopped).
+        requestable_from=frozenset({S.RUNNING, S.STOPPED}),
+        begins_from=frozenset({S.RUNNING, S.STOPPED}),
+        working=None, ends_in=None, desired_after=None,
+        flow=f"{_FLOWS}.restores.RESTORE_BACKUP",
+        description="Replace the server's container by one restored from a backup (a backup "
+                    "of the current state is taken first); IP, ports and address stay."),
 )}
 
 

@@ -251,6 +251,8 @@ BACKUP_QUOTA_GB = env.int("BACKUP_QUOTA_GB", default=50)
 # server is gone, then removed by the sweep. Not counted against the owner's backup quota.
 BACKUP_BEFORE_PURGE = env.bool("BACKUP_BEFORE_PURGE", default=True)
 BACKUP_PRE_PURGE_KEEP_DAYS = env.int("BACKUP_PRE_PURGE_KEEP_DAYS", default=14)
+# A restore from a backup takes one of the current state first, kept this many days.
+BACKUP_PRE_RESTORE_KEEP_DAYS = env.int("BACKUP_PRE_RESTORE_KEEP_DAYS", default=7)
 # A backup whose archive removal has not finished after this is removed again by the sweep.
 BACKUP_DELETE_RETRY_SECONDS = env.int("BACKUP_DELETE_RETRY_SECONDS", default=300)
 # The container firewall (lifecycle/firewall.py): every container's net0 gets firewall=1,

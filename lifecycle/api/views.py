@@ -20,6 +20,7 @@ from ..services.backups import (
     backup_delete_request,
     backup_limits,
     backup_request,
+    backup_restore_request,
     backup_usage,
 )
 from ..choices import BackupState, OperationKind
@@ -227,6 +228,25 @@ class ServerBackupDetailView(APIView):
         backup = _backup_for(request, server_id, backup_id)
         backup = backup_delete_request(backup_id=backup.id, actor=Actor.for_user(request.user))
         return Response(BackupSerializer(backup).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ServerBackupRestoreView(APIView):
+    @extend_schema(request=None,
+                   responses={202: OperationSerializer,
+                              409: OpenApiResponse(ErrorSerializer, description=(
+                                  "The backup is not ready (being made, failed, deleted), "
+                                  "the server is not running or stopped, or another "
+                                  "operation is in progress")),
+                              **_ERRORS},
+                   description="Restore the server from this backup, in place: a backup of "
+                               "the current state is taken first, the archive is restored "
+                               "into a new container, and the server is switched to it (IP, "
+                               "ports and address stay; a running server runs again).")
+    def post(self, request, server_id, backup_id):
+        backup = _backup_for(request, server_id, backup_id)
+        op = backup_restore_request(backup_id=backup.id, actor=Actor.for_user(request.user))
+        return Response(OperationSerializer(op).data, status=status.HTTP_202_ACCEPTED,
+                        headers={"Location": f"/api/v1/operations/{op.id}"})
 
 
 class OperationDetailView(APIView):

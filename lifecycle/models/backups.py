@@ -40,6 +40,11 @@ class Backup(models.Model):
     size_bytes = models.BigIntegerField(null=True, blank=True)
     #: The vzdump task once started: a retry waits for it instead of starting a second one.
     task_upid = models.CharField(max_length=512, blank=True)
+    #: The agent's credential as the archive holds it ({version: Fernet token}, the current and
+    #: the previous secret when the backup was taken, encrypted like AgentCredential): after a
+    #: restore the agent holds one of these, and the control plane authenticates with it to
+    #: hand over a new one. Never shown.
+    agent_secrets = models.JSONField(default=dict, blank=True, editable=False)
     #: The game flushed the world and paused saving first (True); the agent did not answer
     #: (False: the snapshot is as after a power cut); the server was stopped (None).
     flushed = models.BooleanField(null=True, blank=True)

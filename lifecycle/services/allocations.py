@@ -131,6 +131,56 @@ def allocation_replace_vmid(*, instance_id: Any, old_vmid: int, actor: Any, reas
     return new_vmid
 
 
+@transaction.atomic
+def allocation_claim_spare_vmid(*, instance_id: Any, role: str = "restore") -> int:
+    """Claim one more VMID for the server (a restore's temporary container), so that nobody
+    else is handed it while that container exists. CapacityExhausted when the pool is empty."""
+    from ..errors import CapacityExhausted
+
+    pool_id = AllocationPool.objects.get(name=VMID_POOL_NAME).pk
+    rows = allocation_lock_free(pool_id=pool_id, count=1)
+    if not rows:
+        raise CapacityExhausted("No VMID is free for a temporary container.")
+    row_id, vmid = rows[0]
+    allocation_bind(roles_by_row={row_id: role}, instance_id=instance_id)
+    return vmid
+
+
+@transaction.atomic
+def allocation_swap_vmid(*, instance_id: Any, new_vmid: int, actor: Any, reason: str) -> int:
+    """Make `new_vmid` (already claimed by the server) the server's VMID; the old one stays
+    claimed by it as `replaced` until its container is gone. Idempotent; returns the old VMID
+    (None if the server already has `new_vmid`)."""
+    from ..models import ContainerInstance
+    from .audit import audit_record
+
+    inst = ContainerInstance.objects.select_for_update().get(pk=instance_id)
+    if inst.vmid == new_vmid:
+        return None
+    pool_id = AllocationPool.objects.get(name=VMID_POOL_NAME).pk
+    mine = Allocation.objects.filter(pool_id=pool_id, instance_id=inst.id,
+                                     state=AllocationState.CLAIMED)
+    if not mine.filter(value=new_vmid).exists():
+        raise RuntimeError(f"VMID {new_vmid} is not claimed by server {inst.id}")
+    old = inst.vmid
+    mine.filter(value=old).update(role="replaced")
+    mine.filter(value=new_vmid).update(role="vmid")
+    ContainerInstance.objects.filter(pk=inst.pk).update(vmid=new_vmid)
+    audit_record(actor=actor, instance_id=inst.id, action="vmid:swap",
+                 data={"old_vmid": old, "new_vmid": new_vmid, "reason": reason})
+    return old
+
+
+def allocation_release_vmid(*, instance_id: Any, vmid: int) -> int:
+    """Put one VMID the server holds (not its current one) into quarantine: it is handed out
+    again only once the quarantine sweep has seen no container on it."""
+    pool_id = AllocationPool.objects.get(name=VMID_POOL_NAME).pk
+    return Allocation.objects.filter(pool_id=pool_id, value=vmid, instance_id=instance_id,
+                                     state=AllocationState.CLAIMED).exclude(role="vmid").update(
+        state=AllocationState.QUARANTINED, released_at=Now(), verified_absent_at=None,
+        quarantine_until=db_after(settings.ZLH_QUARANTINE_SECONDS))
+
+
 def allocation_release_to_quarantine(*, instance_id: Any) -> int:
     """Put every value the server holds into quarantine; call inside the purge transaction."""
     return Allocation.objects.filter(instance_id=instance_id,

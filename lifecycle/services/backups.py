@@ -21,7 +21,7 @@ from typing import Any
 from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Sum
 from django.db.models.functions import Now
 
 from core.clock import db_now
@@ -29,6 +29,7 @@ from core.clock import db_now
 from ..clients.proxmox import ProxmoxClient, ProxmoxError, PveErrorKind
 from ..choices import (
     BACKUP_COUNTED_STATES,
+    PLATFORM_BACKUP_KINDS,
     TERMINAL_OPERATION_STATES,
     BackupKind,
     BackupState,
@@ -70,9 +71,9 @@ def backup_limits(quota: AccountQuota) -> BackupLimits:
 
 def backup_usage(*, user_id: Any) -> BackupUsage:
     """What counts against the backup quota: archives that exist or are being made, except
-    the final backups the platform keeps for a while after a purge."""
+    the ones the platform takes before a purge or a restore (kept for a while, then removed)."""
     row = Backup.objects.filter(owner_id=user_id, state__in=BACKUP_COUNTED_STATES).exclude(
-        kind=BackupKind.PRE_PURGE).aggregate(
+        kind__in=PLATFORM_BACKUP_KINDS).aggregate(
         count=Count("id"), bytes=Sum("size_bytes"))
     return BackupUsage(count=row["count"] or 0, bytes=row["bytes"] or 0)
 
@@ -140,11 +141,57 @@ def backup_request(*, instance_id: Any, actor: Actor, kind: str = BackupKind.MAN
     return backup, op
 
 
+_NOT_RESTORABLE = {
+    BackupState.CREATING: "This backup is still being made; restore it once it is ready.",
+    BackupState.FAILED: "This backup failed; it has no archive to restore.",
+    BackupState.DELETING: "This backup is being deleted.",
+    BackupState.DELETED: "This backup was deleted.",
+}
+
+
+@retry_on_lock_conflict
+def backup_restore_request(*, backup_id: Any, actor: Actor) -> Operation:
+    """Restore a server from one of its own backups, in place. One transaction: the server row
+    locked, the backup checked (ready, of this server), the operation inserted (the database
+    refuses a second active one: two restores at once, one runs)."""
+    spec = spec_for(OperationKind.RESTORE_BACKUP)
+    with transaction.atomic():
+        backup = Backup.objects.get(pk=backup_id)
+        inst = ContainerInstance.objects.select_for_update().get(pk=backup.instance_id)
+        backup = Backup.objects.get(pk=backup_id)  # read again under the server's lock
+        if backup.state in _NOT_RESTORABLE:
+            raise InvalidState(_NOT_RESTORABLE[backup.state])
+        if not backup.volid:
+            raise InvalidState("This backup has no archive to restore.")
+        if inst.suspended:
+            raise InvalidState("This server is suspended; contact support.")
+        if inst.status not in spec.requestable_from:
+            raise InvalidState(f"Only a running or stopped server can be restored from a "
+                               f"backup; this one is {inst.status}.")
+        active = Operation.objects.filter(active_slot=inst.id).values_list("kind", "state").first()
+        if active is not None:
+            raise OperationInProgress(
+                f"A {active[0]} operation is {active[1]} on this server; wait for it to finish.")
+        try:
+            with transaction.atomic():
+                op = operation_create(instance_id=inst.id, kind=OperationKind.RESTORE_BACKUP,
+                                      requested_by=actor.label,
+                                      params={"backup_id": str(backup.id)})
+        except IntegrityError as exc:
+            raise OperationInProgress("Another operation was just started on this server.") \
+                from exc
+        audit_record(actor=actor, instance_id=inst.id, action="request:restore_backup",
+                     from_status=inst.status,
+                     data={"operation": str(op.id), "backup": str(backup.id),
+                           "volid": backup.volid})
+    return op
+
+
 def backup_in_use(backup: Backup) -> Operation | None:
     """An active operation that reads this backup (a restore from it), if any."""
-    return (Operation.objects.filter(active_slot__isnull=False)
-            .filter(Q(params__backup_id=str(backup.id)) | Q(params__source_backup=str(backup.id)))
-            .exclude(kind=OperationKind.BACKUP).first())
+    return (Operation.objects.filter(active_slot__isnull=False,
+                                     kind=OperationKind.RESTORE_BACKUP)
+            .filter(params__backup_id=str(backup.id)).first())
 
 
 @retry_on_lock_conflict

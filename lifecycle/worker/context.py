@@ -81,6 +81,13 @@ class OperationContext:
             raise LeaseLost(f"operation {self.operation_id}: lease lost at step {step}")
         self._renewed_at = time.monotonic()
 
+    def remember(self, **values: Any) -> None:
+        """Keep values on the operation's params for the next attempts (a temporary VMID, …).
+        LeaseLost if another worker took over."""
+        self.params.update(values)
+        if not self._guarded().update(params=self.params, updated_at=Now()):
+            raise LeaseLost(f"operation {self.operation_id}: lease lost")
+
     def succeed(self) -> None:
         """Finish the operation; call inside the transaction of the final server transition."""
         self.note("succeeded")

@@ -350,3 +350,119 @@ def test_expired_final_backups_are_removed(stack, worker, owner, staff_api):
     wait_until(lambda: Backup.objects.get(pk=final.pk).state == BackupState.DELETED,
                timeout=30, what="the expired archive to be removed")
     assert archives(stack, server.vmid) == []
+
+
+# --- restore in place ----------------------------------------------------------------------
+
+def _change_world(stack, vmid, seed):
+    """Players play on: the world is no longer the one backed up."""
+    stack.agents("POST", f"/_sim/agents/{vmid}/world", json={"seed": seed})
+    assert stack.agent(vmid)["world"]["seed"] == seed
+
+
+def _restore(owner, server, backup):
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/backups/{backup.id}/restore")
+    assert resp.status_code == 202, resp.content
+    return resp.json()["id"]
+
+
+def test_restore_in_place_brings_the_backed_up_world_back(stack, worker, owner):
+    server = running(owner, "rewind")
+    old_world = stack.agent(server.vmid)["world"]
+    backup = backed_up(owner, server)
+    _change_world(stack, server.vmid, "griefed-world")
+    op = wait_operation(_restore(owner, server, backup), timeout=120)
+
+    fresh = server.__class__.objects.get(pk=server.id)
+    assert fresh.status == "running"
+    assert (fresh.ip, fresh.ports) == (server.ip, server.ports)
+    assert fresh.vmid != server.vmid  # restored into a new container, then switched
+    agent = stack.agent(fresh.vmid)
+    assert agent["world"]["seed"] == old_world["seed"] and agent["state"] == "running"
+    # The old container is gone; its VMID waits in quarantine.
+    assert server.vmid not in [c["vmid"] for c in stack.containers()]
+    from lifecycle.models import Allocation
+    assert Allocation.objects.get(pool__name="vmid", value=server.vmid).state == "quarantined"
+    assert Allocation.objects.get(pool__name="vmid", value=fresh.vmid).role == "vmid"
+    # The state it replaced was backed up first, and still holds the griefed world.
+    pre = Backup.objects.get(instance=server, kind="pre_restore")
+    assert pre.state == "ready" and pre.expires_at is not None
+    assert stack.pve("GET", "/_sim/backups")[pre.volid]["world"]["seed"] == "griefed-world"
+    # The agent holds a new credential version (rotated on restore), and answers with it.
+    from lifecycle.models import AgentCredential
+    cred = AgentCredential.objects.get(pk=server.id)
+    assert agent["credentialVersion"] == cred.version and cred.enrolled_at is not None
+    # Players still get there: the edge names the same address and IP.
+    assert [s for s in stack.velocity_servers() if s.get("address", "").startswith(server.ip)]
+    msgs = " | ".join(line["msg"] for line in op.log)
+    assert "current state backed up" in msgs and "the server is CT" in msgs
+
+
+def test_a_restore_that_fails_midway_leaves_the_server_on_its_old_container(stack, worker,
+                                                                            owner):
+    server = running(owner, "steadfast")
+    backup = backed_up(owner, server)
+    _change_world(stack, server.vmid, "todays-world")
+    stack.pve("POST", "/_sim/task-errors",
+              json={"type": "vzrestore", "message": "unable to restore CT - archive is "
+                    "damaged", "count": 100})
+    op = wait_operation(_restore(owner, server, backup), states=("failed",), timeout=180,
+                        sweep=True)
+    assert "damaged" in op.error["message"]
+    fresh = server.__class__.objects.get(pk=server.id)
+    assert (fresh.vmid, fresh.status) == (server.vmid, "running")
+    assert stack.agent(server.vmid)["world"]["seed"] == "todays-world"
+    assert [c["vmid"] for c in stack.containers()] == [server.vmid]
+    spare = op.params["spare_vmid"]
+    from lifecycle.models import Allocation
+    assert Allocation.objects.get(pool__name="vmid", value=spare).state == "quarantined"
+    # The backup is untouched and a restore can be asked for again.
+    stack.pve("DELETE", "/_sim/task-errors")
+    assert Backup.objects.get(pk=backup.id).state == "ready"
+    wait_operation(_restore(owner, server, backup), timeout=120)
+
+
+def test_a_stopped_server_is_restored_stopped_and_starts_later(stack, worker, owner):
+    server = running(owner, "dormant")
+    old_seed = stack.agent(server.vmid)["world"]["seed"]
+    backup = backed_up(owner, server)
+    from lifecycle.services.actions import server_request
+    wait_operation(server_request(instance_id=server.id, kind="stop",
+                                  actor=Actor.system("test")).id)
+    # The credential moves on meanwhile: the backup holds a version two rotations old.
+    for _ in range(2):
+        wait_operation(server_request(instance_id=server.id, kind="rotate_credential",
+                                      actor=Actor.system("test")).id)
+    wait_operation(_restore(owner, server, backup), timeout=120)
+    fresh = server.__class__.objects.get(pk=server.id)
+    assert fresh.status == "stopped"
+    assert [c["status"] for c in stack.containers() if c["vmid"] == fresh.vmid] == ["stopped"]
+    wait_operation(server_request(instance_id=server.id, kind="start",
+                                  actor=Actor.system("test")).id, timeout=90)
+    assert stack.agent(fresh.vmid)["world"]["seed"] == old_seed
+
+
+def test_restores_refuse_what_cannot_be_restored(stack, worker, owner):
+    server = running(owner, "picky")
+    backup = backed_up(owner, server)
+    failed = Backup.objects.create(instance=server, owner=owner.user, kind="manual",
+                                   state="failed")
+    making = Backup.objects.create(instance=server, owner=owner.user, kind="manual",
+                                   state="creating")
+    for bad, words in ((failed, "failed"), (making, "still being made")):
+        resp = api(owner).post(f"/api/v1/servers/{server.id}/backups/{bad.id}/restore")
+        assert resp.status_code == 409 and words in resp.json()["message"], resp.content
+    # Another account's backup does not exist for you; nor does a deleted one.
+    stranger = make_user("stranger")
+    assert api(stranger).post(
+        f"/api/v1/servers/{server.id}/backups/{backup.id}/restore").status_code == 404
+    # Two restores at once: one runs.
+    first = api(owner).post(f"/api/v1/servers/{server.id}/backups/{backup.id}/restore")
+    second = api(owner).post(f"/api/v1/servers/{server.id}/backups/{backup.id}/restore")
+    assert first.status_code == 202
+    assert second.status_code == 409 and second.json()["code"] == "operation_in_progress"
+    # The backup being read cannot be deleted meanwhile.
+    resp = api(owner).delete(f"/api/v1/servers/{server.id}/backups/{backup.id}")
+    assert resp.status_code == 409 and "restore" in resp.json()["message"]
+    wait_operation(first.json()["id"], timeout=120)
+    assert Operation.objects.filter(instance=server, kind="restore_backup").count() == 1

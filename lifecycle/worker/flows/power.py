@@ -16,13 +16,14 @@ from ..steps.status import begin, finish, record_failure, settle_on_failure
 from . import Flow
 
 
-def start_steps(ctx: OperationContext) -> None:
+def start_steps(ctx: OperationContext, *, also: tuple[str, ...] = ()) -> None:
     """Container running, agent up and holding the current credential, game started, ready,
-    edge published."""
+    edge published. `also`: other secrets the agent may hold (see agent_session)."""
     pve = proxmox()
     inst = container_start(ctx, pve, ctx.instance())  # the fresh row: it may have moved
     ctx.checkpoint(Step.STARTED, f"CT {inst.vmid} running")
-    agent, _ = agent_session(ctx, inst)  # a rotation made while stopped is delivered here
+    # A rotation made while stopped is delivered here.
+    agent, _ = agent_session(ctx, inst, also=also)
     try:
         agent.game_start()
         wait_ready(ctx, agent)

@@ -22,6 +22,8 @@ class Step(StrEnum):
     DESTROYED = "destroyed"      # the container is gone
     BACKUP_STARTED = "backup_started"  # the backup's vzdump task was started (UPID kept)
     BACKED_UP = "backed_up"      # the backup a destructive step takes first is ready
+    RESTORED = "restored"        # a backup was restored into the temporary container
+    SWAPPED = "swapped"          # the server's VMID is the restored container's now
     DONE = "done"                # the operation succeeded
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 
+from core.agent_tokens import control_token
 from notifications.services import notify_warning
 
 from ...clients.agent import (
@@ -74,10 +75,13 @@ def _answer(agent: AgentClient) -> dict[str, Any] | None:
         return None
 
 
-def agent_session(ctx: OperationContext, inst: ContainerInstance,
-                  ) -> tuple[AgentClient, dict[str, Any]]:
+def agent_session(ctx: OperationContext, inst: ContainerInstance, *,
+                  also: tuple[str, ...] = ()) -> tuple[AgentClient, dict[str, Any]]:
     """Wait for the agent (bounded), make sure it holds the server's current credential, and
-    return a client presenting it with the agent's last status. The caller closes it."""
+    return a client presenting it with the agent's last status. The caller closes it.
+    `also`: other secrets the agent may hold (a container restored from a backup holds the
+    credential of the day the backup was taken); each authenticates the delivery of the
+    current one."""
     agent_credential_ensure(instance_id=inst.id)
     creds = agent_secrets(instance_id=inst.id)
     agent = _client(inst, creds.control)
@@ -113,6 +117,15 @@ def agent_session(ctx: OperationContext, inst: ContainerInstance,
                                             f"moved from v{creds.version - 1}")
             finally:
                 old.close()
+        for secret in also:
+            held = _client(inst, control_token(secret, inst.id))
+            try:
+                if _answer(held) not in (None, _REFUSED):
+                    held.credential(_enrolment(inst, creds))  # authenticated by that one
+                    return agent, _enrolled(ctx, inst, agent, creds,
+                                            "moved from the backup's credential")
+            finally:
+                held.close()
         legacy = _legacy_session(ctx, inst, agent, creds)
         agent.close()
         return legacy

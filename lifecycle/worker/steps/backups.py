@@ -24,7 +24,7 @@ from ...choices import BackupState
 from ...choices import InstanceStatus as S
 from ...clients.agent import AgentError
 from ...clients.proxmox import ProxmoxClient, ProxmoxError, PveErrorKind
-from ...models import Backup, ContainerInstance
+from ...models import AgentCredential, Backup, ContainerInstance
 from ..context import OperationContext
 from ..errors import StepError
 from . import Step
@@ -54,6 +54,17 @@ def the_archive(ctx: OperationContext, pve: ProxmoxClient,
         except ProxmoxError as err:
             ctx.note(f"could not remove {extra['volid']}: {err.message}")
     return found[0] if found else None
+
+
+def _held_secrets(inst: ContainerInstance) -> dict[str, str]:
+    """The credential versions the agent may hold as the archive is taken (encrypted)."""
+    cred = AgentCredential.objects.filter(pk=inst.id).first()
+    if cred is None:
+        return {}
+    held = {str(cred.version): cred.secret_encrypted}
+    if cred.previous_encrypted:
+        held[str(cred.version - 1)] = cred.previous_encrypted
+    return held
 
 
 def _flush(ctx: OperationContext, inst: ContainerInstance):
@@ -117,7 +128,8 @@ def archive_step(ctx: OperationContext, pve: ProxmoxClient, backup: Backup,
     flushed = backup.flushed
     if archive is None:
         agent, flushed = _flush(ctx, inst)
-        Backup.objects.filter(pk=backup.pk).update(flushed=flushed)
+        Backup.objects.filter(pk=backup.pk).update(flushed=flushed,
+                                                   agent_secrets=_held_secrets(inst))
         try:
             _vzdump(ctx, pve, backup)
         finally:
