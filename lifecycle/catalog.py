@@ -21,6 +21,27 @@ PLANS: dict[str, PlanSpec] = {
     Plan.HEAVY: PlanSpec(memory_mb=8192, cores=4, disk_gb=32),
 }
 
+@dataclass(frozen=True)
+class BackupPolicy:
+    """When a plan's servers are backed up by schedule, and which scheduled backups are kept
+    (as vzdump's prune options: the newest `keep_last`, the newest of each of the last
+    `keep_daily` days and of the last `keep_weekly` ISO weeks; the rest are removed)."""
+
+    interval_seconds: int
+    keep_last: int
+    keep_daily: int
+    keep_weekly: int
+
+
+BACKUP_POLICIES: dict[str, BackupPolicy] = {
+    Plan.VANILLA: BackupPolicy(interval_seconds=24 * 3600, keep_last=2, keep_daily=7,
+                               keep_weekly=4),
+    Plan.MODDED: BackupPolicy(interval_seconds=24 * 3600, keep_last=2, keep_daily=7,
+                              keep_weekly=4),
+    Plan.HEAVY: BackupPolicy(interval_seconds=12 * 3600, keep_last=3, keep_daily=7,
+                             keep_weekly=4),
+}
+
 GAME_VERSIONS: dict[str, tuple[str, ...]] = {
     Variant.VANILLA: ("1.20.1", "1.20.4", "1.20.6", "1.21", "1.21.1", "1.21.4"),
     Variant.FABRIC: ("1.20.1", "1.20.4", "1.20.6", "1.21", "1.21.1", "1.21.4"),

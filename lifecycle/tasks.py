@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from .services.backup_schedule import backup_schedule_tick
 from .services.backups import backup_remove, backup_sweep
 from .services.edge import velocity_resync_run
 from .worker.runner import operation_run
@@ -18,6 +19,11 @@ def execute_operation(operation_id: str) -> str:
 @shared_task(name="lifecycle.sweep_operations", ignore_result=True)
 def sweep_operations() -> dict:
     return {**operation_sweep(), **backup_sweep()}
+
+
+@shared_task(name="lifecycle.backup_schedule", ignore_result=True)
+def backup_schedule() -> dict:
+    return backup_schedule_tick()
 
 
 @shared_task(name="lifecycle.backup_remove", acks_late=True, ignore_result=True)

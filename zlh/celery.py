@@ -26,6 +26,7 @@ TASK_QUEUES: dict[str, str] = {
     "lifecycle.purge_due": "lifecycle",
     "lifecycle.release_quarantine": "lifecycle",
     "lifecycle.backup_remove": "lifecycle",
+    "lifecycle.backup_schedule": "lifecycle",
     "lifecycle.velocity_resync": "edge",
     "reconciler.run_cycle": "repair",
     "reconciler.repair": "repair",

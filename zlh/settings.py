@@ -144,6 +144,8 @@ ZLH_QUARANTINE_RELEASE_INTERVAL_SECONDS = env.int("ZLH_QUARANTINE_RELEASE_INTERV
                                                   default=600)
 NOTIFY_FLUSH_INTERVAL_SECONDS = env.int("NOTIFY_FLUSH_INTERVAL_SECONDS", default=30)
 RECONCILER_INTERVAL_SECONDS = env.int("RECONCILER_INTERVAL_SECONDS", default=60)
+ZLH_BACKUP_SCHEDULE_INTERVAL_SECONDS = env.int("ZLH_BACKUP_SCHEDULE_INTERVAL_SECONDS",
+                                               default=300)
 
 
 def _every(seconds: int, task: str) -> dict:
@@ -159,6 +161,8 @@ CELERY_BEAT_SCHEDULE = {
                                             "lifecycle.release_quarantine"),
     "notifications: flush outbox": _every(NOTIFY_FLUSH_INTERVAL_SECONDS, "notifications.flush"),
     "reconciler: run cycle": _every(RECONCILER_INTERVAL_SECONDS, "reconciler.run_cycle"),
+    "lifecycle: scheduled backups": _every(ZLH_BACKUP_SCHEDULE_INTERVAL_SECONDS,
+                                           "lifecycle.backup_schedule"),
 }
 CELERY_TIMEZONE = "UTC"
 # A publish that cannot reach Redis fails fast instead of hanging the request; the operation row
@@ -247,6 +251,13 @@ BACKUP_TASK_TIMEOUT_SECONDS = env.int("BACKUP_TASK_TIMEOUT_SECONDS", default=360
 # Per-account backup limits unless the account's quota row says otherwise.
 BACKUP_QUOTA_COUNT = env.int("BACKUP_QUOTA_COUNT", default=10)
 BACKUP_QUOTA_GB = env.int("BACKUP_QUOTA_GB", default=50)
+# Scheduled backups (lifecycle/services/backup_schedule.py): per plan an interval and a
+# retention (lifecycle/catalog.py BACKUP_POLICIES); at most this many backup or restore
+# operations in flight per Proxmox node (PVE runs one vzdump per node at a time anyway).
+BACKUP_SCHEDULED = env.bool("BACKUP_SCHEDULED", default=True)
+BACKUP_NODE_CONCURRENCY = env.int("BACKUP_NODE_CONCURRENCY", default=2)
+# Replaces every plan's interval (tests, or a fleet that wants hourly backups); 0 = the plans'.
+BACKUP_SCHEDULE_INTERVAL_SECONDS = env.int("BACKUP_SCHEDULE_INTERVAL_SECONDS", default=0)
 # A purge takes a final backup first (no archive, no purge), kept this many days after the
 # server is gone, then removed by the sweep. Not counted against the owner's backup quota.
 BACKUP_BEFORE_PURGE = env.bool("BACKUP_BEFORE_PURGE", default=True)

@@ -466,3 +466,85 @@ def test_restores_refuse_what_cannot_be_restored(stack, worker, owner):
     assert resp.status_code == 409 and "restore" in resp.json()["message"]
     wait_operation(first.json()["id"], timeout=120)
     assert Operation.objects.filter(instance=server, kind="restore_backup").count() == 1
+
+
+# --- scheduled backups ---------------------------------------------------------------------
+
+def _in_flight_by_node():
+    from collections import Counter
+    return Counter(Operation.objects.filter(
+        state__in=("queued", "running"), kind__in=("backup", "restore_backup"))
+        .values_list("instance__node__name", flat=True))
+
+
+def test_scheduled_backups_are_spread_bounded_per_node_and_pruned(stack, worker_env, owner,
+                                                                  settings, tmp_path):
+    """Six servers over two nodes, backed up every 4 s by schedule with at most one backup in
+    flight per node, ticks every 0.2 s for 20 s: every server gets its backups, a node never
+    has two at once, and retention keeps the newest two of each server (all on one day)."""
+    from lifecycle.services.backup_schedule import backup_schedule_tick
+
+    stack.reset(time_scale=0.2)  # a vzdump takes 0.6 s: jobs overlap if nothing bounds them
+    proc = start_worker(worker_env(), tmp_path, name="sched", concurrency=6)
+    try:
+        servers = [running(owner, f"sched-{i}") for i in range(6)]
+        assert {s.node.name for s in servers} == {"pve1", "pve2"}
+        settings.BACKUP_SCHEDULED = True
+        settings.BACKUP_SCHEDULE_INTERVAL_SECONDS = 4
+        settings.BACKUP_NODE_CONCURRENCY = 1
+        AccountQuota.objects.filter(user=owner.user).update(max_backups=1000)
+        import time
+        peak = 0
+        requested = 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            counts = backup_schedule_tick()
+            requested += counts["requested"]
+            peak = max([peak, *_in_flight_by_node().values()])
+            time.sleep(0.2)
+        settings.BACKUP_SCHEDULED = False
+        wait_until(lambda: not _in_flight_by_node(), timeout=60, what="the last backups")
+    finally:
+        proc.stop()
+    assert peak == 1, peak
+    made = Backup.objects.filter(kind="scheduled")
+    per_server = {s.slug: made.filter(instance=s).count() for s in servers}
+    # ~5 intervals each; the per-node limit slows them, but nobody starves.
+    assert all(n >= 2 for n in per_server.values()), per_server
+    assert requested == made.count()
+    # Retention: the newest two of each server are kept, the others removed (all one day).
+    settings.BACKUP_SCHEDULED = True
+    from lifecycle.services.backup_schedule import backup_retention_apply
+    backup_retention_apply()
+    for s in servers:
+        kept = made.filter(instance=s, state="ready").order_by("-created_at")
+        assert kept.count() == 2, (s.slug, list(kept.values_list("state", flat=True)))
+    # Manual backups are never pruned by retention.
+    assert not Backup.objects.filter(kind="manual").exclude(state="ready").exists()
+
+
+def test_over_quota_a_scheduled_backup_prunes_the_oldest_scheduled_one_first(stack, worker,
+                                                                            owner, settings):
+    from lifecycle.services.backup_schedule import backup_schedule_tick
+
+    server = running(owner, "crowded")
+    manual = backed_up(owner, server)
+    settings.BACKUP_SCHEDULED = True
+    settings.BACKUP_SCHEDULE_INTERVAL_SECONDS = 1
+    AccountQuota.objects.filter(user=owner.user).update(max_backups=3)
+    import time
+    for _ in range(40):
+        backup_schedule_tick()
+        wait_until(lambda: not _in_flight_by_node(), timeout=60, what="the backup")
+        if Backup.objects.filter(kind="scheduled").count() >= 4:
+            break
+        time.sleep(0.3)
+    scheduled = Backup.objects.filter(kind="scheduled")
+    assert scheduled.count() >= 4
+    # Never over the quota; the manual backup stays; the oldest scheduled ones went first.
+    from lifecycle.services.backups import backup_usage
+    assert backup_usage(user_id=owner.user.pk).count <= 3
+    assert Backup.objects.get(pk=manual.id).state == "ready"
+    live = list(scheduled.filter(state__in=("ready", "creating")).order_by("created_at"))
+    gone = list(scheduled.exclude(state__in=("ready", "creating")).order_by("created_at"))
+    assert gone and max(b.created_at for b in gone) <= min(b.created_at for b in live)

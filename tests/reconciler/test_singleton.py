@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reconciler]
 
 
 OTHER_INTERVALS = ("ZLH_SWEEP_INTERVAL_SECONDS", "ZLH_PURGE_DUE_INTERVAL_SECONDS",
-                   "ZLH_QUARANTINE_RELEASE_INTERVAL_SECONDS", "NOTIFY_FLUSH_INTERVAL_SECONDS")
+                   "ZLH_QUARANTINE_RELEASE_INTERVAL_SECONDS", "NOTIFY_FLUSH_INTERVAL_SECONDS",
+                   "ZLH_BACKUP_SCHEDULE_INTERVAL_SECONDS")
 
 
 def _no_overlap(runs):

@@ -44,6 +44,9 @@ FAST = {
     "AGENT_HEARTBEAT_URL": "http://127.0.0.1:9/api/v1/agents/{server_id}/heartbeat",
     # ...so the reconciler does not expect them either, unless a test says so.
     "RECONCILER_EXPECT_HEARTBEATS": "0",
+    # Scheduled backups would hold servers' operation slot in tests about other things; the
+    # backup tests turn them on.
+    "BACKUP_SCHEDULED": "0",
 }
 
 
