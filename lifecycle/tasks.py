@@ -8,6 +8,7 @@ from .services.backup_schedule import backup_schedule_tick
 from .services.backups import backup_remove, backup_sweep
 from .services.edge import velocity_resync_run
 from .worker.runner import operation_run
+from .worker.verify import backup_verify_run
 from .worker.sweeper import operation_sweep, quarantine_release, server_purge_due
 
 
@@ -24,6 +25,11 @@ def sweep_operations() -> dict:
 @shared_task(name="lifecycle.backup_schedule", ignore_result=True)
 def backup_schedule() -> dict:
     return backup_schedule_tick()
+
+
+@shared_task(name="lifecycle.backup_verify", ignore_result=True)
+def backup_verify() -> dict:
+    return backup_verify_run()
 
 
 @shared_task(name="lifecycle.backup_remove", acks_late=True, ignore_result=True)

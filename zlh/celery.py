@@ -27,6 +27,7 @@ TASK_QUEUES: dict[str, str] = {
     "lifecycle.release_quarantine": "lifecycle",
     "lifecycle.backup_remove": "lifecycle",
     "lifecycle.backup_schedule": "lifecycle",
+    "lifecycle.backup_verify": "lifecycle",
     "lifecycle.velocity_resync": "edge",
     "reconciler.run_cycle": "repair",
     "reconciler.repair": "repair",

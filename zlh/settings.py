@@ -146,6 +146,8 @@ NOTIFY_FLUSH_INTERVAL_SECONDS = env.int("NOTIFY_FLUSH_INTERVAL_SECONDS", default
 RECONCILER_INTERVAL_SECONDS = env.int("RECONCILER_INTERVAL_SECONDS", default=60)
 ZLH_BACKUP_SCHEDULE_INTERVAL_SECONDS = env.int("ZLH_BACKUP_SCHEDULE_INTERVAL_SECONDS",
                                                default=300)
+ZLH_BACKUP_VERIFY_INTERVAL_SECONDS = env.int("ZLH_BACKUP_VERIFY_INTERVAL_SECONDS",
+                                             default=6 * 3600)
 
 
 def _every(seconds: int, task: str) -> dict:
@@ -163,6 +165,8 @@ CELERY_BEAT_SCHEDULE = {
     "reconciler: run cycle": _every(RECONCILER_INTERVAL_SECONDS, "reconciler.run_cycle"),
     "lifecycle: scheduled backups": _every(ZLH_BACKUP_SCHEDULE_INTERVAL_SECONDS,
                                            "lifecycle.backup_schedule"),
+    "lifecycle: verify backups": _every(ZLH_BACKUP_VERIFY_INTERVAL_SECONDS,
+                                        "lifecycle.backup_verify"),
 }
 CELERY_TIMEZONE = "UTC"
 # A publish that cannot reach Redis fails fast instead of hanging the request; the operation row
@@ -258,6 +262,12 @@ BACKUP_SCHEDULED = env.bool("BACKUP_SCHEDULED", default=True)
 BACKUP_NODE_CONCURRENCY = env.int("BACKUP_NODE_CONCURRENCY", default=2)
 # Replaces every plan's interval (tests, or a fleet that wants hourly backups); 0 = the plans'.
 BACKUP_SCHEDULE_INTERVAL_SECONDS = env.int("BACKUP_SCHEDULE_INTERVAL_SECONDS", default=0)
+# Verification: every ZLH_BACKUP_VERIFY_INTERVAL_SECONDS (beat) up to BACKUP_VERIFY_SAMPLE backups
+# never checked are restored into a scratch container (a spare VMID and IP) and their world
+# loaded; a claim older than BACKUP_VERIFY_TIMEOUT_SECONDS is taken over.
+BACKUP_VERIFY = env.bool("BACKUP_VERIFY", default=True)
+BACKUP_VERIFY_SAMPLE = env.int("BACKUP_VERIFY_SAMPLE", default=2)
+BACKUP_VERIFY_TIMEOUT_SECONDS = env.int("BACKUP_VERIFY_TIMEOUT_SECONDS", default=3600)
 # A purge takes a final backup first (no archive, no purge), kept this many days after the
 # server is gone, then removed by the sweep. Not counted against the owner's backup quota.
 BACKUP_BEFORE_PURGE = env.bool("BACKUP_BEFORE_PURGE", default=True)

@@ -54,6 +54,13 @@ class Backup(models.Model):
     #: Removed by the expiry job after this (pre-purge backups); empty = kept until deleted.
     expires_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    #: Proven restorable? "" never checked, `verifying` (claimed at `verify_started_at`), `ok`
+    #: (the world loaded in a scratch container), `failed` (it did not: the operator is told).
+    verify_state = models.CharField(max_length=12, blank=True, default="", db_index=True)
+    verify_started_at = models.DateTimeField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    #: What the check did and saw: scratch VMID and IP, the agent's answer, the error.
+    verification = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -147,6 +147,30 @@ def allocation_claim_spare_vmid(*, instance_id: Any, role: str = "restore") -> i
 
 
 @transaction.atomic
+def allocation_claim_spares(*, instance_id: Any, node_id: int, role: str) -> tuple[int, str]:
+    """Claim a spare VMID and a spare IP of the node for the server (a scratch container that
+    must not collide with anything: verification of a backup). (vmid, ip)."""
+    from ..errors import CapacityExhausted
+
+    vmid_pool = AllocationPool.objects.get(name=VMID_POOL_NAME).pk
+    ip_pool = AllocationPool.objects.get(node_id=node_id, kind=PoolKind.IP).pk
+    vmids = allocation_lock_free(pool_id=vmid_pool, count=1)
+    ips = allocation_lock_free(pool_id=ip_pool, count=1)
+    if not vmids or not ips:
+        raise CapacityExhausted("No VMID or IP is free for a scratch container.")
+    allocation_bind(roles_by_row={vmids[0][0]: role, ips[0][0]: role}, instance_id=instance_id)
+    return vmids[0][1], str(ipaddress.IPv4Address(ips[0][1]))
+
+
+def allocation_release_role(*, instance_id: Any, role: str) -> int:
+    """Put every value the server holds under `role` into quarantine."""
+    return Allocation.objects.filter(instance_id=instance_id, role=role,
+                                     state=AllocationState.CLAIMED).update(
+        state=AllocationState.QUARANTINED, released_at=Now(), verified_absent_at=None,
+        quarantine_until=db_after(settings.ZLH_QUARANTINE_SECONDS))
+
+
+@transaction.atomic
 def allocation_swap_vmid(*, instance_id: Any, new_vmid: int, actor: Any, reason: str) -> int:
     """Make `new_vmid` (already claimed by the server) the server's VMID; the old one stays
     claimed by it as `replaced` until its container is gone. Idempotent; returns the old VMID

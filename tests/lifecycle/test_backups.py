@@ -548,3 +548,62 @@ def test_over_quota_a_scheduled_backup_prunes_the_oldest_scheduled_one_first(sta
     live = list(scheduled.filter(state__in=("ready", "creating")).order_by("created_at"))
     gone = list(scheduled.exclude(state__in=("ready", "creating")).order_by("created_at"))
     assert gone and max(b.created_at for b in gone) <= min(b.created_at for b in live)
+
+
+# --- verification --------------------------------------------------------------------------
+
+def test_verification_restores_into_a_scratch_container_and_finds_a_corrupted_backup(
+        stack, worker, owner, settings):
+    from notifications.models import Notification
+
+    from lifecycle.models import AgentCredential, Allocation
+    from lifecycle.worker.verify import backup_verify_run
+
+    settings.BACKUP_VERIFY = True
+    server = running(owner, "proven")
+    good = backed_up(owner, server)
+    _change_world(stack, server.vmid, "later-world")
+    bad = backed_up(owner, server)
+    stack.pve("POST", "/_sim/backups/corrupt", json={"volid": bad.volid})
+    live_before = stack.agent(server.vmid)
+    cred_before = AgentCredential.objects.get(pk=server.id).version
+
+    assert backup_verify_run(limit=5) == {"ok": 1, "failed": 1, "unchecked": 0}
+    good.refresh_from_db()
+    bad.refresh_from_db()
+    assert good.verify_state == "ok" and good.verified_at is not None
+    assert good.verification["world"]["loads"] is True
+    assert bad.verify_state == "failed" and "does not load" in bad.verification["error"]
+    # The operator is told, once, about the backup that cannot be restored.
+    warnings = [n for n in Notification.objects.filter(channel="warning", kind="firing")
+                if "cannot be restored" in n.title]
+    assert len(warnings) == 1 and "proven" in warnings[0].title
+    # No scratch container is left, its VMIDs and IPs wait in quarantine, and the live server
+    # never noticed: same container, same agent, same credential.
+    assert [c["vmid"] for c in stack.containers()] == [server.vmid]
+    scratch = Allocation.objects.filter(instance=server, role="verify")
+    assert scratch.count() == 4 and set(scratch.values_list("state", flat=True)) == {
+        "quarantined"}
+    live_after = stack.agent(server.vmid)
+    assert live_after["credentialVersion"] == live_before["credentialVersion"] == cred_before
+    assert live_after["boots"] == live_before["boots"]
+    assert AgentCredential.objects.get(pk=server.id).version == cred_before
+    # Checked backups are not checked again; nothing is left to do.
+    assert backup_verify_run(limit=5) == {"ok": 0, "failed": 0, "unchecked": 0}
+
+
+def test_a_check_that_cannot_be_made_leaves_the_backup_unchecked(stack, worker, owner,
+                                                                 settings):
+    from lifecycle.worker.verify import backup_verify_run
+
+    settings.BACKUP_VERIFY = True
+    server = running(owner, "unprovable")
+    backup = backed_up(owner, server)
+    # The scratch container's start fails (the node has trouble): not the backup's fault.
+    stack.pve("POST", "/_sim/task-errors", json={"type": "vzstart", "count": 1,
+                                                 "message": "got timeout"})
+    assert backup_verify_run(limit=1) == {"ok": 0, "failed": 0, "unchecked": 1}
+    backup.refresh_from_db()
+    assert backup.verify_state == "" and "not checked" in backup.verification["error"]
+    assert [c["vmid"] for c in stack.containers()] == [server.vmid]
+    assert backup_verify_run(limit=1) == {"ok": 1, "failed": 0, "unchecked": 0}

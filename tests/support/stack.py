@@ -47,6 +47,7 @@ FAST = {
     # Scheduled backups would hold servers' operation slot in tests about other things; the
     # backup tests turn them on.
     "BACKUP_SCHEDULED": "0",
+    "BACKUP_VERIFY": "0",
 }
 
 
