@@ -23,7 +23,9 @@ Agent API:
   GET  /agents/{vmid}/status     state, provisioningComplete, ready, game, crash, firstBootAt,
                                  credentialVersion
   POST /agents/{vmid}/credential enrol (unauthenticated, only while it has none) or rotate
-  POST /agents/{vmid}/provision  the provisioning payload (same payload again is a no-op)
+  POST /agents/{vmid}/provision  the provisioning payload (same payload again is a no-op);
+                                 with "reconfigure": true on an installed agent (restored from
+                                 a backup): the same game's new configuration, world kept
   POST /agents/{vmid}/game/start start the game (no-op when running)
   POST /agents/{vmid}/game/stop  save the world, then stop the game (no-op when stopped)
   GET  /agents/{vmid}/ready      200 when ready, 503 otherwise
@@ -429,6 +431,20 @@ class AgentFleet:
             return json_response({"error": "payload must be JSON"}, 400)
         if not isinstance(payload, dict) or payload.get("kind") not in ("game", "dev"):
             return json_response({"error": "payload needs kind game|dev"}, 400)
+        if payload.get("reconfigure") and agent.provisioning_complete:
+            # A container restored from a backup taken of another server: the same game, a new
+            # configuration (port, name, secrets); the installed game and the world are kept.
+            game = ("kind", "variant", "version", "runtime", "runtimeVersion")
+            old = agent.payload or {}
+            if any(old.get(k) != payload.get(k) for k in game):
+                return json_response({"error": "reconfigure: another game is installed"}, 409)
+            agent.payload = {k: v for k, v in payload.items() if k != "reconfigure"}
+            if agent.seeded is not None:
+                agent.seeded.update(files=dict(payload.get("files", {})),
+                                    serverProperties=dict(payload.get("serverProperties", {})))
+            if agent.state in ("running", "starting"):
+                self._start_game(agent)  # the game restarts with the new configuration
+            return json_response({"accepted": True, "reconfigured": True}, 200)
         if agent.payload is not None and agent.state not in ("failed", "idle"):
             if agent.payload == payload:
                 return json_response({"accepted": True, "replay": True}, 200)

@@ -131,6 +131,12 @@ class BackupSerializer(serializers.ModelSerializer):
         return str((obj.error or {}).get("message", ""))[:300] or None if obj.error else None
 
 
+class RestoreAsNewInput(StrictInputSerializer):
+    name = StrictCharField(max_length=64,
+                           help_text="The new server's name (DNS label: 3-32 lowercase letters, "
+                                     "digits, hyphens).")
+
+
 class BackupCreateInput(StrictInputSerializer):
     notes = serializers.CharField(max_length=200, required=False, allow_blank=True, default="",
                                   help_text="Shown in the list of backups.")

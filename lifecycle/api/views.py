@@ -20,6 +20,7 @@ from ..services.backups import (
     backup_delete_request,
     backup_limits,
     backup_request,
+    backup_restore_as_new,
     backup_restore_request,
     backup_usage,
 )
@@ -34,6 +35,7 @@ from .serializers import (
     BackupSerializer,
     ErrorSerializer,
     VelocityResyncSerializer,
+    RestoreAsNewInput,
     RestoreInput,
     NodeSerializer,
     OperationSerializer,
@@ -247,6 +249,38 @@ class ServerBackupRestoreView(APIView):
         op = backup_restore_request(backup_id=backup.id, actor=Actor.for_user(request.user))
         return Response(OperationSerializer(op).data, status=status.HTTP_202_ACCEPTED,
                         headers={"Location": f"/api/v1/operations/{op.id}"})
+
+
+class ServerBackupRestoreAsNewView(APIView):
+    throttle_classes = [UserBurstThrottle, CreateThrottle]
+
+    @extend_schema(request=RestoreAsNewInput, parameters=[IDEMPOTENCY_PARAM],
+                   responses={202: ServerSerializer,
+                              409: OpenApiResponse(ErrorSerializer, description=(
+                                  "The backup is not ready, the quota is used up, or the name "
+                                  "is taken")),
+                              422: OpenApiResponse(ErrorSerializer,
+                                                   description="Idempotency-Key reused"),
+                              503: OpenApiResponse(ErrorSerializer, description="No capacity"),
+                              **_ERRORS},
+                   description="Make a new server from this backup (also the final backup of "
+                               "a purged server): the same game and plan, its own name, "
+                               "address, VMID, IP and ports; the world comes from the backup. "
+                               "Counts against the server quota like any create.")
+    def post(self, request, server_id, backup_id):
+        backup = _backup_for(request, server_id, backup_id)
+        body = RestoreAsNewInput(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        result = backup_restore_as_new(backup_id=backup.id, owner=backup.owner,
+                                       name=body.validated_data["name"],
+                                       idempotency_key=request.headers.get("Idempotency-Key"))
+        server = result.instance
+        server._operation = result.operation
+        headers = {"Location": f"/api/v1/servers/{server.id}"}
+        if not result.created:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(ServerSerializer(server).data, status=status.HTTP_202_ACCEPTED,
+                        headers=headers)
 
 
 class OperationDetailView(APIView):

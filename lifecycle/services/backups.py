@@ -187,11 +187,38 @@ def backup_restore_request(*, backup_id: Any, actor: Actor) -> Operation:
     return op
 
 
+def backup_restore_as_new(*, backup_id: Any, owner: Any, name: str,
+                          idempotency_key: str | None = None) -> Any:
+    """A new server made from a backup (of a live server, or the final backup of a purged
+    one): the same game and plan as the backup's server, its own name and allocations; its
+    provision restores the archive instead of installing. Quota and placement as any create.
+    Returns the CreateResult."""
+    from .servers import server_create
+
+    backup = Backup.objects.select_related("instance").get(pk=backup_id)
+    if backup.state in _NOT_RESTORABLE:
+        raise InvalidState(_NOT_RESTORABLE[backup.state])
+    if not backup.volid:
+        raise InvalidState("This backup has no archive to restore.")
+    src = backup.instance
+    data = {"name": name, "kind": src.kind, "plan": src.plan}
+    if src.kind == "game":
+        data.update(variant=src.variant, version=src.version)
+    else:
+        data.update(runtime=src.runtime, runtime_version=src.runtime_version,
+                    enable_code_server=src.enable_code_server)
+    return server_create(owner=owner, data=data, idempotency_key=idempotency_key,
+                         source_backup=backup)
+
+
 def backup_in_use(backup: Backup) -> Operation | None:
     """An active operation that reads this backup (a restore from it), if any."""
     return (Operation.objects.filter(active_slot__isnull=False,
-                                     kind=OperationKind.RESTORE_BACKUP)
-            .filter(params__backup_id=str(backup.id)).first())
+                                     kind=OperationKind.RESTORE_BACKUP,
+                                     params__backup_id=str(backup.id)).first()
+            or Operation.objects.filter(active_slot__isnull=False,
+                                        kind=OperationKind.PROVISION,
+                                        params__source_backup=str(backup.id)).first())
 
 
 @retry_on_lock_conflict

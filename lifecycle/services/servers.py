@@ -42,8 +42,11 @@ class CreateResult:
     created: bool
 
 
-def request_fingerprint(spec: ServerSpec) -> str:
-    return hashlib.sha256(json.dumps(spec.as_dict(), sort_keys=True).encode()).hexdigest()
+def request_fingerprint(spec: ServerSpec, *, source: Any = None) -> str:
+    body = spec.as_dict()
+    if source is not None:  # the same key for a restore of another backup is another request
+        body["source_backup"] = str(source.id)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ def server_create(
     data: dict[str, Any],
     idempotency_key: str | None = None,
     actor: Actor | None = None,
+    source_backup: Any = None,
 ) -> CreateResult:
     """Accept a create request: exactly one server and one `provision` operation per request.
 
@@ -124,6 +128,10 @@ def server_create(
     or refuses by Idempotency-Key, checks the quota, places the server on a node, claims a VMID,
     an IP and ports with row locks, inserts the server and its `provision` operation, and
     enqueues the task after commit. Retried whole on deadlock / lock-wait timeout.
+
+    `source_backup` (a ready Backup): the new server is made from that archive instead of the
+    template (restore as a new server): its provision restores the archive, with the new
+    server's own VMID, IP, ports and name; the world comes from the backup.
     """
     spec = server_spec_validate(data)
     if idempotency_key is not None:
@@ -133,10 +141,12 @@ def server_create(
     actor = actor or Actor.for_user(owner)
     try:
         try:
-            return _server_create_tx(owner=owner, spec=spec, key=idempotency_key, actor=actor)
+            return _server_create_tx(owner=owner, spec=spec, key=idempotency_key, actor=actor,
+                                     source=source_backup)
         except _NoQuotaRow:
             quota_ensure(user=owner)
-            return _server_create_tx(owner=owner, spec=spec, key=idempotency_key, actor=actor)
+            return _server_create_tx(owner=owner, spec=spec, key=idempotency_key, actor=actor,
+                                     source=source_backup)
     except CapacityExhausted as exc:
         # The user is told "the operator has been told": make it true. Outside the create's
         # transaction (rolled back); one alert per repeat interval, however many are refused.
@@ -148,8 +158,9 @@ def server_create(
 
 
 @retry_on_lock_conflict
-def _server_create_tx(*, owner: Any, spec: ServerSpec, key: str | None, actor: Actor) -> CreateResult:
-    fingerprint = request_fingerprint(spec)
+def _server_create_tx(*, owner: Any, spec: ServerSpec, key: str | None, actor: Actor,
+                      source: Any = None) -> CreateResult:
+    fingerprint = request_fingerprint(spec, source=source)
     plan = PLANS[spec.plan]
     with transaction.atomic(durable=True):
         quota = AccountQuota.objects.select_for_update().filter(user_id=owner.pk).first()
@@ -175,7 +186,8 @@ def _server_create_tx(*, owner: Any, spec: ServerSpec, key: str | None, actor: A
         rows[vmid_rows[0][0]] = "vmid"
         allocation_bind(roles_by_row=rows, instance_id=instance.id)
         op = operation_create(
-            instance_id=instance.id, kind=OperationKind.PROVISION, requested_by=actor.label
+            instance_id=instance.id, kind=OperationKind.PROVISION, requested_by=actor.label,
+            params={"source_backup": str(source.id)} if source is not None else None,
         )
         audit_record(
             actor=actor,
@@ -183,7 +195,8 @@ def _server_create_tx(*, owner: Any, spec: ServerSpec, key: str | None, actor: A
             action="server:create",
             to_status=InstanceStatus.PENDING,
             data={"spec": spec.as_dict(), "vmid": instance.vmid, "ip": instance.ip,
-                  "ports": instance.ports, "operation": str(op.id)},
+                  "ports": instance.ports, "operation": str(op.id),
+                  **({"source_backup": str(source.id)} if source is not None else {})},
         )
     return CreateResult(instance=instance, operation=op, created=True)
 

@@ -39,9 +39,9 @@ from ..clients.agent import AgentClient, AgentError
 from ..clients.proxmox import ProxmoxClient, PveErrorKind, bool01, parse_tags
 from ..firewall import enabled as firewall_enabled
 from ..models import Allocation, Backup, ContainerInstance
-from ..services.agent_credentials import decrypt_secret
 from ..services.allocations import allocation_claim_spares, allocation_release_role
 from ..services.firewall import Target, firewall_apply
+from .steps.backups import held_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -125,12 +125,11 @@ def _agent_world(inst: ContainerInstance, backup: Backup, vmid: int, ip: str) ->
     """Reach the scratch agent with the backup's credential, re-enrol it with a throwaway one
     (no heartbeats), and ask whether the world loads."""
     url = settings.AGENT_URL_TEMPLATE.format(ip=ip, vmid=vmid)
-    held = [decrypt_secret(t) for _v, t in
-            sorted(backup.agent_secrets.items(), key=lambda kv: -int(kv[0]))]
+    held = [secret for secret, _sid in held_credentials(backup)]
 
     def reach():
         for secret in held:
-            agent = AgentClient(base_url=url, token=control_token(secret, inst.id),
+            agent = AgentClient(base_url=url, token=control_token(secret, backup.instance_id),
                                 timeout=settings.AGENT_TIMEOUT)
             try:
                 agent.status()
@@ -144,11 +143,12 @@ def _agent_world(inst: ContainerInstance, backup: Backup, vmid: int, ip: str) ->
     agent = _wait(reach, timeout=settings.AGENT_WAIT_SECONDS, what="the scratch agent")
     throwaway = secrets.token_urlsafe(32)
     try:
-        agent.credential({"secret": throwaway, "version": 0, "serverId": str(inst.id),
+        agent.credential({"secret": throwaway, "version": 0,
+                          "serverId": str(backup.instance_id),
                           "heartbeat": {"url": "", "intervalSeconds": 86400}})
     finally:
         agent.close()
-    scratch = AgentClient(base_url=url, token=control_token(throwaway, inst.id),
+    scratch = AgentClient(base_url=url, token=control_token(throwaway, backup.instance_id),
                           timeout=settings.AGENT_TIMEOUT)
     try:
         return scratch.world()

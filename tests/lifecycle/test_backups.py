@@ -607,3 +607,76 @@ def test_a_check_that_cannot_be_made_leaves_the_backup_unchecked(stack, worker, 
     assert backup.verify_state == "" and "not checked" in backup.verification["error"]
     assert [c["vmid"] for c in stack.containers()] == [server.vmid]
     assert backup_verify_run(limit=1) == {"ok": 1, "failed": 0, "unchecked": 0}
+
+
+# --- restore as a new server ---------------------------------------------------------------
+
+def test_a_purged_servers_final_backup_becomes_a_new_server(stack, worker, owner, staff_api):
+    from lifecycle.models import AgentCredential, ContainerInstance
+
+    server = _deleted(owner, "departed")
+    world = stack.agent(server.vmid)["world"]
+    wait_operation(staff_api.post(f"/api/v1/servers/{server.id}/purge").json()["id"],
+                   timeout=90)
+    # The owner still sees the purged server's final backup...
+    [final] = api(owner).get(f"/api/v1/servers/{server.id}/backups").json()["results"]
+    assert final["kind"] == "pre_purge" and final["state"] == "ready"
+    # ...and makes a new server of it.
+    resp = api(owner).post(
+        f"/api/v1/servers/{server.id}/backups/{final['id']}/restore-as-new",
+        {"name": "phoenix"}, format="json")
+    assert resp.status_code == 202, resp.content
+    new = wait_status_running(resp.json()["id"])
+    assert (new.kind, new.variant, new.version, new.plan) == (
+        server.kind, server.variant, server.version, server.plan)
+    agent = stack.agent(new.vmid)
+    assert agent["world"]["seed"] == world["seed"]          # the world came back
+    assert agent["serverId"] == str(new.id)                 # it speaks for the new server
+    assert agent["credentialVersion"] == AgentCredential.objects.get(pk=new.id).version
+    props = agent["payload"]["serverProperties"]
+    assert props["server-port"] == new.ports["game"]        # reconfigured, world kept
+    assert "ZeroLagHub - phoenix" in props["motd"]
+    assert any(s.get("name") == "phoenix" for s in stack.velocity_servers())
+    assert ContainerInstance.objects.get(pk=server.id).status == "purged"
+
+
+def test_a_live_servers_backup_is_cloned_without_touching_the_original(stack, worker, owner):
+    from lifecycle.models import AgentCredential
+
+    server = running(owner, "original")
+    backup = backed_up(owner, server)
+    before = (stack.agent(server.vmid), AgentCredential.objects.get(pk=server.id).version)
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/backups/{backup.id}/restore-as-new",
+                           {"name": "twin"}, format="json", HTTP_IDEMPOTENCY_KEY="twin-1")
+    assert resp.status_code == 202, resp.content
+    again = api(owner).post(f"/api/v1/servers/{server.id}/backups/{backup.id}/restore-as-new",
+                            {"name": "twin"}, format="json", HTTP_IDEMPOTENCY_KEY="twin-1")
+    assert again.status_code == 202 and again.json()["id"] == resp.json()["id"]
+    assert again["Idempotent-Replayed"] == "true"
+    twin = wait_status_running(resp.json()["id"])
+    assert twin.ip != server.ip and twin.vmid != server.vmid
+    assert stack.agent(twin.vmid)["world"]["seed"] == before[0]["world"]["seed"]
+    after = stack.agent(server.vmid)
+    assert after["credentialVersion"] == before[0]["credentialVersion"] == before[1]
+    assert after["boots"] == before[0]["boots"] and after["state"] == "running"
+    # Bad input: a taken name, a backup that failed, another account's backup.
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/backups/{backup.id}/restore-as-new",
+                           {"name": "twin"}, format="json")
+    assert resp.status_code == 409 and resp.json()["code"] == "name_taken"
+    failed = Backup.objects.create(instance=server, owner=owner.user, kind="manual",
+                                   state="failed")
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/backups/{failed.id}/restore-as-new",
+                           {"name": "nope"}, format="json")
+    assert resp.status_code == 409 and "failed" in resp.json()["message"]
+    stranger = make_user("stranger")
+    assert api(stranger).post(
+        f"/api/v1/servers/{server.id}/backups/{backup.id}/restore-as-new",
+        {"name": "stolen"}, format="json").status_code == 404
+    resp = api(owner).post(f"/api/v1/servers/{server.id}/backups/{backup.id}/restore-as-new",
+                           {"name": "x", "plan": "heavy"}, format="json")
+    assert resp.status_code == 400
+
+
+def wait_status_running(server_id):
+    from tests.support.stack import wait_status
+    return wait_status(server_id, "running", timeout=90)

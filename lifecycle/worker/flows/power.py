@@ -16,7 +16,7 @@ from ..steps.status import begin, finish, record_failure, settle_on_failure
 from . import Flow
 
 
-def start_steps(ctx: OperationContext, *, also: tuple[str, ...] = ()) -> None:
+def start_steps(ctx: OperationContext, *, also: tuple[tuple[str, Any], ...] = ()) -> None:
     """Container running, agent up and holding the current credential, game started, ready,
     edge published. `also`: other secrets the agent may hold (see agent_session)."""
     pve = proxmox()

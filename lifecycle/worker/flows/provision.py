@@ -1,6 +1,8 @@
 """Provision: ensure the container → its firewall → start it → give the agent its credential →
 send it the payload (installed before the first boot) → wait for ready → publish the edge →
-running."""
+running. A server made from a backup (`source_backup`) restores the archive instead of the
+template, and its agent, holding the backup's world and game, is sent this server's
+configuration to apply in place (`reconfigure`)."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,10 +11,13 @@ from notifications.services import notify_lifecycle
 
 from ...choices import InstanceStatus as S
 from ...clients.agent import AgentState
-from ...models import ContainerInstance
+from ...choices import BackupState
+from ...models import Backup, ContainerInstance
 from ..context import OperationContext
 from ..steps import Step
+from ..errors import StepError
 from ..steps.agent import agent_session, wait_ready
+from ..steps.backups import held_credentials
 from ..steps.edge import publish_step
 from ..steps.firewall import firewall_step
 from ..steps.payload import provisioning_payload
@@ -21,18 +26,41 @@ from ..steps.status import begin, finish, server_facts, settle_on_failure
 from . import Flow
 
 
+def _source(ctx: OperationContext) -> Backup | None:
+    """The backup a server made from a backup is restored from (restore as a new server)."""
+    source_id = ctx.params.get("source_backup")
+    if not source_id:
+        return None
+    source = Backup.objects.filter(pk=source_id).first()
+    if source is None or source.state != BackupState.READY or not source.volid:
+        raise StepError(f"backup {source_id} to restore from is "
+                        f"{source.state if source else 'gone'}", retryable=False,
+                        kind="backup_state")
+    return source
+
+
 def run(ctx: OperationContext) -> None:
     begin(ctx, fields={"last_error": None})
     pve = proxmox()
-    inst = ensure_container(ctx, pve)
+    source = _source(ctx)
+    inst = ensure_container(ctx, pve, extra={"ostemplate": source.volid, "restore": 1}
+                            if source else None)
     firewall_step(ctx, pve, inst)  # before the first start: the agent port is closed to others
     inst = container_start(ctx, pve, inst)
     ctx.checkpoint(Step.STARTED, f"CT {inst.vmid} running")
 
-    agent, status = agent_session(ctx, inst)  # enrolled before anything else is sent
+    # Enrolled before anything else is sent. A container restored from a backup runs an agent
+    # that holds the credential of the backup's server: that one authenticates the handover.
+    agent, status = agent_session(ctx, inst, also=held_credentials(source) if source else ())
     try:
         state = status.get("state")
-        if state == AgentState.FAILED or not (
+        if source is not None:
+            # The world and the installed game come from the backup; the agent takes this
+            # server's own configuration (port, name, secrets) in place and keeps the world.
+            agent.provision({**provisioning_payload(inst), "reconfigure": True})
+            ctx.checkpoint(Step.PAYLOAD, f"restored from backup {source.id}; configuration "
+                                         "sent (world kept)")
+        elif state == AgentState.FAILED or not (
             status.get("provisioningComplete") or state == AgentState.INSTALLING
         ):
             reply = agent.provision(provisioning_payload(inst))

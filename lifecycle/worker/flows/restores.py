@@ -36,7 +36,7 @@ from ...choices import BackupKind, BackupState
 from ...choices import InstanceStatus as S
 from ...clients.proxmox import ProxmoxClient, PveErrorKind
 from ...models import Backup, ContainerInstance
-from ...services.agent_credentials import agent_credential_rotate, decrypt_secret
+from ...services.agent_credentials import agent_credential_rotate
 from ...services.allocations import (
     allocation_claim_spare_vmid,
     allocation_release_vmid,
@@ -48,7 +48,7 @@ from ..context import OperationContext
 from ..errors import StepError
 from ..steps import Step
 from ..steps.agent import agent_session
-from ..steps.backups import backup_before
+from ..steps.backups import backup_before, held_credentials
 from ..steps.proxmox import (
     container_params,
     container_start,
@@ -177,8 +177,7 @@ def _run(ctx: OperationContext) -> None:
     # The restored agent holds the credential of the day the backup was taken: hand it the
     # new one now, authenticated by that one (also for a server that stays stopped: the
     # control plane knows that old secret only here).
-    held = tuple(decrypt_secret(token) for _v, token in
-                 sorted(backup.agent_secrets.items(), key=lambda kv: -int(kv[0])))
+    held = held_credentials(backup)
     if not done.get("started"):
         if was_running:
             start_steps(ctx, also=held)

@@ -76,12 +76,12 @@ def _answer(agent: AgentClient) -> dict[str, Any] | None:
 
 
 def agent_session(ctx: OperationContext, inst: ContainerInstance, *,
-                  also: tuple[str, ...] = ()) -> tuple[AgentClient, dict[str, Any]]:
+                  also: tuple[tuple[str, Any], ...] = ()) -> tuple[AgentClient, dict[str, Any]]:
     """Wait for the agent (bounded), make sure it holds the server's current credential, and
     return a client presenting it with the agent's last status. The caller closes it.
-    `also`: other secrets the agent may hold (a container restored from a backup holds the
-    credential of the day the backup was taken); each authenticates the delivery of the
-    current one."""
+    `also`: other (secret, server id) the agent may hold (a container restored from a backup
+    holds the credential of the day the backup was taken, of the server it was taken of);
+    each authenticates the delivery of the current one."""
     agent_credential_ensure(instance_id=inst.id)
     creds = agent_secrets(instance_id=inst.id)
     agent = _client(inst, creds.control)
@@ -117,8 +117,8 @@ def agent_session(ctx: OperationContext, inst: ContainerInstance, *,
                                             f"moved from v{creds.version - 1}")
             finally:
                 old.close()
-        for secret in also:
-            held = _client(inst, control_token(secret, inst.id))
+        for secret, server_id in also:
+            held = _client(inst, control_token(secret, server_id))
             try:
                 if _answer(held) not in (None, _REFUSED):
                     held.credential(_enrolment(inst, creds))  # authenticated by that one

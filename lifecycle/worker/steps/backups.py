@@ -25,6 +25,7 @@ from ...choices import InstanceStatus as S
 from ...clients.agent import AgentError
 from ...clients.proxmox import ProxmoxClient, ProxmoxError, PveErrorKind
 from ...models import AgentCredential, Backup, ContainerInstance
+from ...services.agent_credentials import decrypt_secret
 from ..context import OperationContext
 from ..errors import StepError
 from . import Step
@@ -54,6 +55,13 @@ def the_archive(ctx: OperationContext, pve: ProxmoxClient,
         except ProxmoxError as err:
             ctx.note(f"could not remove {extra['volid']}: {err.message}")
     return found[0] if found else None
+
+
+def held_credentials(backup: Backup) -> tuple[tuple[str, Any], ...]:
+    """(secret, server id) pairs the agent of a container restored from `backup` may hold,
+    newest first (decrypted here, only to derive the token that authenticates a handover)."""
+    return tuple((decrypt_secret(token), backup.instance_id) for _v, token in
+                 sorted(backup.agent_secrets.items(), key=lambda kv: -int(kv[0])))
 
 
 def _held_secrets(inst: ContainerInstance) -> dict[str, str]:

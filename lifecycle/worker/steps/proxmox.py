@@ -189,16 +189,18 @@ def _config_anywhere(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerI
     return inst, found.where, cfg
 
 
-def ensure_container(ctx: OperationContext, pve: ProxmoxClient) -> ContainerInstance:
+def ensure_container(ctx: OperationContext, pve: ProxmoxClient, *,
+                     extra: dict[str, Any] | None = None) -> ContainerInstance:
     """Make sure our container exists: adopt it (our tag, on whichever node it is now), create
     it (absent from the whole cluster), or move to another VMID if a foreign guest holds ours.
-    Returns the fresh server row."""
+    `extra`: create parameters on top of the server's own (a restore: the archive instead of
+    the template). Returns the fresh server row."""
     for _ in range(MAX_VMID_ATTEMPTS):
         inst, _where, cfg = _config_anywhere(ctx, pve, ctx.instance())
         node, vmid = inst.node.name, inst.vmid
         if cfg is None:
             try:
-                upid = pve.ct_create(node, vmid, **container_params(inst))
+                upid = pve.ct_create(node, vmid, **{**container_params(inst), **(extra or {})})
             except ProxmoxError as err:
                 if err.kind != PveErrorKind.ALREADY_EXISTS:
                     raise
