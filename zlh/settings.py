@@ -268,6 +268,9 @@ BACKUP_SCHEDULE_INTERVAL_SECONDS = env.int("BACKUP_SCHEDULE_INTERVAL_SECONDS", d
 BACKUP_VERIFY = env.bool("BACKUP_VERIFY", default=True)
 BACKUP_VERIFY_SAMPLE = env.int("BACKUP_VERIFY_SAMPLE", default=2)
 BACKUP_VERIFY_TIMEOUT_SECONDS = env.int("BACKUP_VERIFY_TIMEOUT_SECONDS", default=3600)
+# A server whose container is gone (`missing`) is provisioned again from its latest ready
+# backup, when it has one (the user's retry, or the reconciler's level-2 recreate).
+RECREATE_FROM_LATEST_BACKUP = env.bool("RECREATE_FROM_LATEST_BACKUP", default=True)
 # A purge takes a final backup first (no archive, no purge), kept this many days after the
 # server is gone, then removed by the sweep. Not counted against the owner's backup quota.
 BACKUP_BEFORE_PURGE = env.bool("BACKUP_BEFORE_PURGE", default=True)

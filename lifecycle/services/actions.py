@@ -8,15 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from core.clock import db_now
 
-from ..choices import DELETED_STATUSES, LIVE_STATUSES, DesiredState, OperationKind
+from ..choices import (
+    DELETED_STATUSES,
+    LIVE_STATUSES,
+    BackupState,
+    DesiredState,
+    OperationKind,
+)
 from ..choices import InstanceStatus as S
 from ..db import retry_on_lock_conflict
 from ..errors import InvalidState, OperationInProgress
-from ..models import ContainerInstance, Operation
+from ..models import Backup, ContainerInstance, Operation
 from ..operation_kinds import spec_for
 from .audit import Actor, audit_record
 from .operations import operation_create
@@ -36,6 +43,14 @@ def server_request(*, instance_id: Any, kind: str, actor: Actor,
             raise InvalidState("This server is suspended; contact support.")
         if inst.status not in spec.requestable_from:
             raise InvalidState(_refusal(kind, inst.status))
+        if kind == OperationKind.PROVISION and inst.status == S.MISSING \
+                and "source_backup" not in params and settings.RECREATE_FROM_LATEST_BACKUP:
+            # Its container is gone: it comes back from its latest backup, not empty.
+            latest = (Backup.objects.filter(instance_id=inst.id, state=BackupState.READY,
+                                            volid__isnull=False)
+                      .order_by("-created_at").values_list("id", flat=True).first())
+            if latest is not None:
+                params["source_backup"] = str(latest)
         if kind == OperationKind.RESTORE:
             if inst.purge_after is not None and inst.purge_after <= db_now():
                 raise InvalidState("The restore window of this server has passed.")

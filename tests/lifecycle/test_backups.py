@@ -680,3 +680,27 @@ def test_a_live_servers_backup_is_cloned_without_touching_the_original(stack, wo
 def wait_status_running(server_id):
     from tests.support.stack import wait_status
     return wait_status(server_id, "running", timeout=90)
+
+
+def test_a_container_deleted_behind_our_back_comes_back_from_its_latest_backup(
+        stack, worker, owner, settings):
+    """The reconciler's level-2 recreate (off by default, on here) provisions the missing
+    server again from its latest backup: the world is the backed-up one, not a fresh one."""
+    from tests.reconciler.helpers import cycles
+    from tests.support.stack import wait_status
+
+    server = running(owner, "lazarus")
+    older = backed_up(owner, server)
+    _change_world(stack, server.vmid, "newer-world")
+    latest = backed_up(owner, server)
+    assert latest.created_at >= older.created_at
+    _change_world(stack, server.vmid, "lost-world")  # never backed up: lost with the container
+    stack.pve_api("POST", f"/nodes/{server.node.name}/lxc/{server.vmid}/status/stop")
+    stack.pve_api("DELETE", f"/nodes/{server.node.name}/lxc/{server.vmid}")
+    settings.RECONCILER_ENABLED_LEVELS = [0, 1, 2]
+    cycles(2)
+    back = wait_status(server.id, "running", timeout=120)
+    provision = Operation.objects.filter(instance=server, kind="provision").order_by(
+        "-created_at").first()
+    assert provision.params["source_backup"] == str(latest.id)
+    assert stack.agent(back.vmid)["world"]["seed"] == "newer-world"
