@@ -312,4 +312,32 @@ def backup_sweep() -> dict[str, int]:
                               actor=Actor.system("backup expiry"))
         expired += 1
     return {"removals_resent": len(stuck), "backups_abandoned": orphaned,
-            "backups_expired": expired}
+            "backups_expired": expired, "failed_archives_removed": _failed_archives_remove()}
+
+
+def _failed_archives_remove(limit: int = 10) -> int:
+    """A backup that failed after its vzdump had started (the archive was made but could not
+    be confirmed, the operation ran out of tries) may have left an archive: remove it, so the
+    storage holds only archives of ready backups. Done when none is left (`task_upid`
+    cleared); a Proxmox failure leaves it for the next sweep."""
+    removed = 0
+    failed = list(Backup.objects.filter(state=BackupState.FAILED).exclude(task_upid="")
+                  .order_by("updated_at")[:limit])
+    if not failed:
+        return 0
+    pve = ProxmoxClient.from_settings()
+    for backup in failed:
+        try:
+            for volume in pve.backup_volumes(backup.node, backup.storage, vmid=backup.vmid):
+                if backup.marker in str(volume.get("notes") or "").split():
+                    upid = pve.volume_delete(backup.node, backup.storage, volume["volid"])
+                    if upid:
+                        pve.task_wait(upid, timeout=settings.PROXMOX_TASK_TIMEOUT)
+                    removed += 1
+        except ProxmoxError as err:
+            logger.info("archive of failed backup %s not removed yet: %s", backup.id,
+                        err.message)
+            continue
+        Backup.objects.filter(pk=backup.pk, state=BackupState.FAILED).update(
+            task_upid="", updated_at=Now())
+    return removed

@@ -20,7 +20,7 @@ from django.db.models import Count
 from rest_framework.test import APIClient
 
 from lifecycle.choices import ACTIVE_OPERATION_STATES
-from lifecycle.models import ContainerInstance, Operation
+from lifecycle.models import Backup, ContainerInstance, Operation
 from notifications.models import Notification
 from reconciler.models import ControllerRun, RepairEvent
 from tests.support import broker
@@ -118,7 +118,8 @@ class ChaosRun:
         existing = list(ContainerInstance.objects.exclude(status="purged").order_by(
             "created_at", "id").values("id", "owner_id", "status"))
         kinds = ["create"] * 30 + ["replay"] * 8 + ["stop"] * 14 + ["start"] * 14 + \
-            ["delete"] * 10 + ["restore"] * 6 + ["purge"] * 5
+            ["delete"] * 10 + ["restore"] * 6 + ["purge"] * 5 + ["backup"] * 8 + \
+            ["restore_backup"] * 4 + ["delete_backup"] * 2
         choice = kinds[int(kind_draw * len(kinds))]
         if choice in ("create", "replay") or not existing:
             if choice == "replay" and self.keys:
@@ -140,11 +141,24 @@ class ChaosRun:
         owner = next(o for o in self.owners if o.user.pk == inst["owner_id"])
         self.requested[choice] += 1
         url = f"/api/v1/servers/{inst['id']}"
-        if choice == "delete":
+        if choice in ("restore_backup", "delete_backup"):
+            backup = Backup.objects.filter(instance_id=inst["id"], state="ready").order_by(
+                "-created_at").first()
+            if backup is None:
+                choice = "backup"
+                self.requested[choice] += 1
+            elif choice == "restore_backup":
+                resp = self.api.post(f"{url}/backups/{backup.id}/restore", **owner.headers)
+            else:
+                resp = self.api.delete(f"{url}/backups/{backup.id}", **owner.headers)
+        if choice == "backup":
+            resp = self.api.post(f"{url}/backups", {"notes": f"chaos {step}"}, format="json",
+                                 **owner.headers)
+        elif choice == "delete":
             resp = self.api.delete(url, **owner.headers)
         elif choice == "purge":
             resp = self.api.post(url + "/purge", **self.staff.headers)
-        else:
+        elif choice not in ("restore_backup", "delete_backup"):
             resp = self.api.post(f"{url}/{choice}", **owner.headers)
         assert resp.status_code in (202, 409), (choice, resp.content)
         if resp.status_code == 202:
@@ -265,6 +279,8 @@ class ChaosRun:
             state__in=("queued", "running")).values_list("action", "state", "subject"))
         self.waiting_for += [("notification", n) for n in Notification.objects.filter(
             state="pending").values_list("channel", "title")[:5]]
+        self.waiting_for += [("backup", b) for b in Backup.objects.filter(
+            state__in=("creating", "deleting")).values_list("id", "state")[:5]]
         self.waiting_for += [(i.slug, i.status, "wants", i.desired_state)
                              for i in ContainerInstance.objects.all()
                              if i.status != EXPECTED_STATUS[i.desired_state]]
@@ -384,6 +400,8 @@ class ChaosRun:
                    velocity == {i.slug for i in running_game.values()},
                    velocity ^ {i.slug for i in running_game.values()})
 
+        self.verify_backups(containers)
+
         broken = self.firewall_problems()
         self.check("every container's firewall is as desired (tampering repaired)", not broken,
                    broken[:3])
@@ -410,6 +428,41 @@ class ChaosRun:
             state__in=("queued", "running")).exists())
         self.check("every successful repair was post-checked", all(
             r.after for r in RepairEvent.objects.filter(state="succeeded")))
+
+    def verify_backups(self, containers: list[dict[str, Any]]) -> None:
+        """No backup job ran twice, no archive without its backup, and no restore lost a
+        world."""
+        archives = self.stack.pve_api("GET", "/nodes/pve1/storage/local/content",
+                                      params={"content": "backup"}).json()["data"]
+        markers = Counter(next((w for w in (a.get("notes") or "").split()
+                                if w.startswith("zlh-backup:")), None) for a in archives)
+        self.check("every archive carries one backup's marker", None not in markers, markers)
+        self.check("no backup job ran twice (one archive per backup)",
+                   max(markers.values(), default=1) == 1, markers.most_common(2))
+        rows = {f"zlh-backup:{b.id}": b for b in Backup.objects.all()}
+        orphans = [m for m in markers if m not in rows or rows[m].state != "ready"]
+        self.check("every archive belongs to a ready backup", not orphans, orphans[:3])
+        present = {a["volid"] for a in archives}
+        missing = list(Backup.objects.filter(state="ready").exclude(
+            volid__in=present).values_list("id", flat=True))
+        self.check("every ready backup's archive exists", not missing, missing[:3])
+        self.check("no backup left being made or deleted", not Backup.objects.filter(
+            state__in=("creating", "deleting")).exists())
+        disks = self.stack.pve("GET", "/_sim/backups")
+        agents = self.stack.agents("GET", "/_sim/agents")
+        running_ids = {c["vmid"] for c in containers if c["status"] == "running"}
+        for op in Operation.objects.filter(kind="restore_backup", state="succeeded"):
+            inst = ContainerInstance.objects.get(pk=op.instance_id)
+            later = Operation.objects.filter(instance=inst, kind="restore_backup",
+                                             state="succeeded", created_at__gt=op.created_at)
+            if inst.status != "running" or inst.vmid not in running_ids or later.exists():
+                continue
+            backup = Backup.objects.get(pk=op.params["backup_id"])
+            want = (disks.get(backup.volid) or {}).get("world") or {}
+            have = (agents.get(str(inst.vmid)) or {}).get("world") or {}
+            self.check("a restore never loses the world (the backed-up one is back)",
+                       have.get("seed") and have.get("seed") == want.get("seed"),
+                       (inst.slug, have, want))
 
     def summary(self) -> str:
         return (f"CHAOS SEED {self.seed} PASSED — operations requested {dict(self.requested)}, "

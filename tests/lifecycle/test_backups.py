@@ -704,3 +704,16 @@ def test_a_container_deleted_behind_our_back_comes_back_from_its_latest_backup(
         "-created_at").first()
     assert provision.params["source_backup"] == str(latest.id)
     assert stack.agent(back.vmid)["world"]["seed"] == "newer-world"
+
+
+def test_an_archive_left_by_a_backup_that_failed_is_removed_by_the_sweep(stack, worker, owner):
+    """The vzdump made its archive, but the backup could not confirm it and ran out of tries:
+    the storage must not keep an archive nobody knows of."""
+    server = running(owner, "leaky")
+    backup = backed_up(owner, server)
+    Backup.objects.filter(pk=backup.pk).update(state="failed", task_upid="UPID:pve1:x:")
+    assert len(archives(stack, server.vmid)) == 1
+    assert backup_sweep()["failed_archives_removed"] == 1
+    assert archives(stack, server.vmid) == []
+    assert Backup.objects.get(pk=backup.pk).task_upid == ""
+    assert backup_sweep()["failed_archives_removed"] == 0

@@ -48,6 +48,7 @@ FAST = {
     # backup tests turn them on.
     "BACKUP_SCHEDULED": "0",
     "BACKUP_VERIFY": "0",
+    "BACKUP_DELETE_RETRY_SECONDS": "5",
 }
 
 

@@ -111,6 +111,12 @@ def _vzdump(ctx: OperationContext, pve: ProxmoxClient, backup: Backup) -> None:
     if upid:
         ctx.note(f"waiting for the vzdump an earlier attempt started ({upid})")
     else:
+        # The container may have moved since the backup was asked for: back it up where it is.
+        node = ContainerInstance.objects.filter(pk=backup.instance_id).values_list(
+            "node__name", flat=True).first()
+        if node and node != backup.node:
+            Backup.objects.filter(pk=backup.pk).update(node=node)
+            backup.node = node
         upid = pve.vzdump(backup.node, backup.vmid, storage=backup.storage,
                           notes=f"{backup.marker} {{{{guestname}}}}")
         Backup.objects.filter(pk=backup.pk).update(task_upid=upid, updated_at=Now())
