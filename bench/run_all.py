@@ -23,6 +23,7 @@ BENCHES = [
     ("provision_throughput", ["--servers", "40"], ["--servers", "15", "--workers", "1,4"]),
     ("edge_observe", [], ["--servers", "100,2000"]),
     ("reconcile_scale", [], ["--sizes", "1000,5000"]),
+    ("backup_schedule", [], ["--servers", "200"]),
 ]
 PICK = {
     "create_storm": [("creates per second", r"creates per second\s+([\d.]+)"),
@@ -35,6 +36,9 @@ PICK = {
                      ("Technitium + Velocity calls", r"^\s+2000\s+\d+\s+\d+\s+(\d+)")],
     "reconcile_scale": [("cycle seconds at largest size", r"^\s+\d+\s+([\d.]+)"),
                         ("queries per cycle", r"^\s+\d+\s+[\d.]+\s+[\d.]+\s+\d+\s+\d+\s+\d+\s+(\d+)")],
+    "backup_schedule": [("most backups in flight per node", r"in flight per node: (\{.*?\})"),
+                        ("Proxmox calls per scheduled backup",
+                         r"calls per scheduled backup: ([\d.]+)")],
 }
 
 

@@ -355,8 +355,8 @@ class BackupAdmin(ReadOnlyAdmin):
     """World backups: listed with their archive; removing one goes through the same service
     as the API (the archive is removed from the backup storage, the row stays as a record)."""
     list_display = ("created_at", "instance", "owner", "kind", "state_badge", "size_text",
-                    "flushed", "node", "volid", "expires_at")
-    list_filter = ("state", "kind", "node", "flushed")
+                    "flushed", "verify_state", "node", "volid", "expires_at")
+    list_filter = ("state", "kind", "verify_state", "node", "flushed")
     search_fields = ("=id", "instance__slug", "owner__username", "volid")
     list_select_related = ("instance", "owner")
     show_full_result_count = False

@@ -2,11 +2,14 @@
 
 Each plan has a policy (`catalog.BACKUP_POLICIES`): an interval and what to keep. A server's
 backups are due at its own phase within the interval (derived from its id), so a fleet's
-backups are spread over the interval instead of all landing at midnight. A tick requests the
-backups that are due, the server longest without one first, at most `BACKUP_NODE_CONCURRENCY` backup or restore
-operations in flight per Proxmox node (the rest stay due for the next tick), skipping servers
-with another operation in progress. Over the account's quota, the server's oldest scheduled
-backups are pruned first to make room; manual backups are never pruned.
+backups are spread over the interval instead of all landing at midnight; a server backed up
+late for one slot is next due at the following slot, at least half an interval later. A tick
+requests the backups that are due, the server longest without one first, with at most
+`BACKUP_NODE_CONCURRENCY` backup or restore operations in flight per Proxmox node (the rest
+stay due), skipping servers with another operation in progress. Every scheduled backup that
+ends sends a tick of its own, so the place it freed on its node is filled at once rather than
+at beat's next tick. Over the account's quota, the server's oldest scheduled backups are pruned
+first to make room; manual backups are never pruned.
 
 One tick at a time, across beats and hosts: a MariaDB named lock (released with the
 connection, so a dead tick never holds it, and independent of Redis).
@@ -146,7 +149,9 @@ def backup_schedule_tick() -> dict[str, int]:
                 continue
             slot = latest_slot(server["id"], policy.interval_seconds, now)
             since = (last.get(server["id"]) or server["created_at"]).timestamp()
-            if since < slot:
+            # Due once per slot; and a server that was just caught up (backed up late for its
+            # previous slot) is not backed up again at once when its next slot comes.
+            if since < slot and now.timestamp() - since >= policy.interval_seconds / 2:
                 due.append((since, server))
         counts["due"] = len(due)
         in_flight = _in_flight_per_node()

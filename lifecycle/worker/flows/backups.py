@@ -2,14 +2,16 @@
 `lifecycle/worker/steps/backups.py` (flush the world, vzdump exactly once, one archive)."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from celery import current_app
 from django.db import transaction
 from django.db.models.functions import Now
 
 from notifications.services import alert_resolve
 
-from ...choices import BackupState
+from ...choices import BackupKind, BackupState
 from ...models import Backup
 from ..context import OperationContext
 from ..errors import StepError
@@ -18,6 +20,25 @@ from ..steps.backups import archive_step
 from ..steps.proxmox import proxmox
 from ..steps.status import failure_alert_key
 from . import Flow
+
+logger = logging.getLogger(__name__)
+#: The schedule's task (lifecycle/tasks.py), sent by name.
+BACKUP_SCHEDULE_TASK = "lifecycle.backup_schedule"
+
+
+def _next_scheduled(backup_kind: str) -> None:
+    """A scheduled backup that ends frees a place on its node: let the schedule fill it now
+    rather than at its next tick (after commit; a lost message only waits for that tick)."""
+    if backup_kind != BackupKind.SCHEDULED:
+        return
+
+    def send() -> None:
+        try:
+            current_app.send_task(BACKUP_SCHEDULE_TASK)
+        except Exception:  # the broker is down: the beat's tick comes anyway
+            logger.warning("could not send the backup schedule task", exc_info=True)
+
+    transaction.on_commit(send)
 
 
 def _run(ctx: OperationContext) -> None:
@@ -31,6 +52,7 @@ def _run(ctx: OperationContext) -> None:
         alert_resolve(failure_alert_key(ctx.instance_id, ctx.kind),
                       body="A backup of this server succeeded.")
         ctx.succeed()
+        _next_scheduled(backup.kind)
 
 
 def _on_failure(ctx: OperationContext, error: dict[str, Any]) -> None:
@@ -38,6 +60,9 @@ def _on_failure(ctx: OperationContext, error: dict[str, Any]) -> None:
     backup can be requested at once)."""
     Backup.objects.filter(pk=ctx.params.get("backup_id"), state=BackupState.CREATING).update(
         state=BackupState.FAILED, error=error, finished_at=Now(), updated_at=Now())
+    kind = Backup.objects.filter(pk=ctx.params.get("backup_id")).values_list(
+        "kind", flat=True).first()
+    _next_scheduled(kind or "")
 
 
 BACKUP = Flow(run=_run, on_failure=_on_failure)
