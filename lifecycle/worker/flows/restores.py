@@ -55,7 +55,7 @@ from ..steps.proxmox import (
     is_ours,
     proxmox,
     run_task,
-    _settled_config,
+    settled_config,
 )
 from ..steps.status import failure_alert_key, server_facts
 from . import Flow
@@ -66,12 +66,12 @@ def _restore_into(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInst
     """The archive restored into CT `vmid` on the server's node, stopped, with the server's
     config and firewall (idempotent: a container of ours already there is taken as made)."""
     node = inst.node.name
-    cfg = _settled_config(ctx, pve, node, vmid)
+    cfg = settled_config(ctx, pve, node, vmid)
     if cfg is None:
         params = {**container_params(inst), "ostemplate": backup.volid, "restore": 1}
         run_task(ctx, pve, lambda: pve.ct_create(node, vmid, **params),
                  what=f"restore {backup.volid} into CT {vmid}", done=())
-        cfg = _settled_config(ctx, pve, node, vmid)
+        cfg = settled_config(ctx, pve, node, vmid)
         if cfg is None:
             raise StepError(f"CT {vmid} vanished right after its restore", retryable=True,
                             kind="vanished")
@@ -92,7 +92,7 @@ def _destroy(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInstance,
              vmid: int) -> None:
     """Destroy CT `vmid` on the server's node if it is ours (stopped first); gone is done."""
     node = inst.node.name
-    cfg = _settled_config(ctx, pve, node, vmid)
+    cfg = settled_config(ctx, pve, node, vmid)
     if cfg is None:
         return
     if not is_ours(cfg, inst):

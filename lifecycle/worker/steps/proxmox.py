@@ -68,7 +68,7 @@ def is_ours(config: dict[str, Any], inst: ContainerInstance) -> bool:
     return str(inst.id) in owners_from_tags(parse_tags(config.get("tags")))
 
 
-def _settled_config(ctx: OperationContext, pve: ProxmoxClient, node: str, vmid: int):
+def settled_config(ctx: OperationContext, pve: ProxmoxClient, node: str, vmid: int):
     """The config once no create/destroy task holds it (PVE shows only `lock: create` until the
     create task has written the real config, tags included)."""
     def check():
@@ -172,7 +172,7 @@ def _config_anywhere(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerI
     None if found on the row's node else how it was looked for, config or None). A foreign
     guest on another node is returned as a config without tags, so `is_ours` says no."""
     inst, cfg = _read_following(ctx, pve, inst,
-                                lambda node, vmid: _settled_config(ctx, pve, node, vmid))
+                                lambda node, vmid: settled_config(ctx, pve, node, vmid))
     if cfg is not None:
         return inst, None, cfg
     found = whereabouts(ctx, pve, inst)
@@ -182,7 +182,7 @@ def _config_anywhere(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerI
     if found.where == Where.ABSENT:
         return found.inst, found.where, None
     inst = found.inst
-    cfg = _settled_config(ctx, pve, inst.node.name, inst.vmid)
+    cfg = settled_config(ctx, pve, inst.node.name, inst.vmid)
     if cfg is None:
         raise StepError(f"CT {inst.vmid} moved again while being followed", retryable=True,
                         kind="moving")
@@ -220,7 +220,7 @@ def ensure_container(ctx: OperationContext, pve: ProxmoxClient, *,
                     if err.kind != PveErrorKind.ALREADY_EXISTS:
                         raise err
                 # Re-read, never assume: a lost race leaves someone else's container here.
-                cfg = _settled_config(ctx, pve, node, vmid)
+                cfg = settled_config(ctx, pve, node, vmid)
                 if cfg is None:
                     raise StepError(f"CT {vmid} vanished right after its create task",
                                     retryable=True, kind="vanished")
