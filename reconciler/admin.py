@@ -17,6 +17,7 @@ from lifecycle.admin import ContainerInstanceAdmin, admin_actor, has_model_permi
 from lifecycle.models import ContainerInstance
 from lifecycle.services.audit import audit_record
 
+from .doctor import doctor_report
 from .lease import KEY, _redis
 from .models import Breaker, ControllerLease, ControllerRun, Finding, RepairEvent
 from .services import breaker_reset, preview_servers
@@ -103,6 +104,7 @@ class ControllerRunAdmin(ReadOnlyAdmin):
                  name="reconciler_dashboard"),
             path("dashboard/breaker/<str:action>/reset/",
                  self.admin_site.admin_view(self.reset_breaker), name="reconciler_breaker_reset"),
+            path("doctor/", self.admin_site.admin_view(self.doctor), name="reconciler_doctor"),
         ]
         return extra + super().get_urls()
 
@@ -135,6 +137,18 @@ class ControllerRunAdmin(ReadOnlyAdmin):
                                 Finding.objects.filter(open=True).order_by("-last_seen")[:200]],
                    "opts": self.model._meta}
         return TemplateResponse(request, "admin/reconciler/dashboard.html", context)
+
+    def doctor(self, request):
+        """The same report as `manage.py doctor` (read-only)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        report = doctor_report()
+        groups: dict[str, list] = {}
+        for problem in report["problems"]:
+            groups.setdefault(problem["check"], []).append(problem)
+        context = {**self.admin_site.each_context(request), "title": "Doctor",
+                   "report": report, "groups": groups, "opts": self.model._meta}
+        return TemplateResponse(request, "admin/reconciler/doctor.html", context)
 
     def reset_breaker(self, request, action):
         if request.method != "POST":
