@@ -402,6 +402,11 @@ class ChaosRun:
 
         self.verify_backups(containers)
 
+        from reconciler.doctor import doctor_report
+        report = doctor_report()
+        self.check("the doctor finds nothing wrong in the database", report["ok"],
+                   report["problems"][:5])
+
         broken = self.firewall_problems()
         self.check("every container's firewall is as desired (tampering repaired)", not broken,
                    broken[:3])
