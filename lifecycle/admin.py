@@ -57,6 +57,21 @@ def has_model_permission(request, model, action: str) -> bool:
     return request.user.has_perm(f"{opts.app_label}.{get_permission_codename(action, opts)}")
 
 
+def act_on_each(request, items, act, name, *, done_label: str = "Requested") -> None:
+    """`act(item)` for each item through a service; one message for what was done (`act`
+    says what, in words) and one for what the service refused (named by `name(item)`)."""
+    done, refused = [], []
+    for item in items:
+        try:
+            done.append(act(item))
+        except LifecycleError as exc:
+            refused.append(f"{name(item)}: {exc.message}")
+    if done:
+        messages.success(request, f"{done_label}: " + "; ".join(done))
+    if refused:
+        messages.error(request, "Refused: " + "; ".join(refused))
+
+
 def _operation_action(spec: OperationSpec):
     """The admin action that requests an operation of `spec.kind` for the selected servers
     (offered to, and accepted from, users with the change permission on servers only)."""
@@ -194,18 +209,11 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
         kinds marked `confirm` show what would be destroyed first."""
         if spec.confirm and request.POST.get("confirm") != "yes":
             return self._confirmation(request, queryset, spec)
-        done, refused = [], []
-        for inst in queryset:
-            try:
-                op = server_request(instance_id=inst.id, kind=spec.kind,
-                                    actor=admin_actor(request))
-                done.append(f"{inst.slug} ({spec.kind} operation {op.id})")
-            except LifecycleError as exc:
-                refused.append(f"{inst.slug}: {exc.message}")
-        if done:
-            messages.success(request, "Requested: " + "; ".join(done))
-        if refused:
-            messages.error(request, "Refused: " + "; ".join(refused))
+        def act(inst):
+            op = server_request(instance_id=inst.id, kind=spec.kind, actor=admin_actor(request))
+            return f"{inst.slug} ({spec.kind} operation {op.id})"
+
+        act_on_each(request, queryset, act, lambda inst: inst.slug)
         return None
 
     def _confirmation(self, request, queryset, spec: OperationSpec):
@@ -231,18 +239,12 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
     @admin.action(description="Back up now (counts against the owner's backup quota)",
                   permissions=["change"])
     def back_up_now(self, request, queryset):
-        done, refused = [], []
-        for inst in queryset:
-            try:
-                backup, op = backup_request(instance_id=inst.id, actor=admin_actor(request),
-                                            notes=f"by {request.user.get_username()}")
-                done.append(f"{inst.slug} (backup {backup.id}, operation {op.id})")
-            except LifecycleError as exc:
-                refused.append(f"{inst.slug}: {exc.message}")
-        if done:
-            messages.success(request, "Requested: " + "; ".join(done))
-        if refused:
-            messages.error(request, "Refused: " + "; ".join(refused))
+        def act(inst):
+            backup, op = backup_request(instance_id=inst.id, actor=admin_actor(request),
+                                        notes=f"by {request.user.get_username()}")
+            return f"{inst.slug} (backup {backup.id}, operation {op.id})"
+
+        act_on_each(request, queryset, act, lambda inst: inst.slug)
 
     @admin.action(description="Toggle maintenance lock", permissions=["change"])
     def toggle_maintenance_lock(self, request, queryset):
@@ -377,17 +379,11 @@ class BackupAdmin(ReadOnlyAdmin):
     @admin.action(description="Restore into its server (a backup of the current state is "
                               "taken first)", permissions=["restore_in_place"])
     def restore_in_place(self, request, queryset):
-        done, refused = [], []
-        for backup in queryset.select_related("instance"):
-            try:
-                op = backup_restore_request(backup_id=backup.id, actor=admin_actor(request))
-                done.append(f"{backup.instance.slug} from {backup.id} (operation {op.id})")
-            except LifecycleError as exc:
-                refused.append(f"{backup.id}: {exc.message}")
-        if done:
-            messages.success(request, "Requested: " + "; ".join(done))
-        if refused:
-            messages.error(request, "Refused: " + "; ".join(refused))
+        def act(backup):
+            op = backup_restore_request(backup_id=backup.id, actor=admin_actor(request))
+            return f"{backup.instance.slug} from {backup.id} (operation {op.id})"
+
+        act_on_each(request, queryset.select_related("instance"), act, lambda b: b.id)
 
     def has_delete_archives_permission(self, request) -> bool:
         return has_model_permission(request, Backup, "change")
@@ -395,17 +391,11 @@ class BackupAdmin(ReadOnlyAdmin):
     @admin.action(description="Delete the selected backups (removes their archives)",
                   permissions=["delete_archives"])
     def delete_archives(self, request, queryset):
-        done, refused = [], []
-        for backup in queryset:
-            try:
-                backup_delete_request(backup_id=backup.id, actor=admin_actor(request))
-                done.append(str(backup.id))
-            except LifecycleError as exc:
-                refused.append(f"{backup.id}: {exc.message}")
-        if done:
-            messages.success(request, "Deleting: " + ", ".join(done))
-        if refused:
-            messages.error(request, "Refused: " + "; ".join(refused))
+        def act(backup):
+            backup_delete_request(backup_id=backup.id, actor=admin_actor(request))
+            return str(backup.id)
+
+        act_on_each(request, queryset, act, lambda b: b.id, done_label="Deleting")
 
 
 @admin.register(ApiToken)

@@ -67,8 +67,9 @@ def _ip(value: int) -> str:
 
 def check_allocations() -> list[Problem]:
     out: list[Problem] = []
-    statuses = dict(ContainerInstance.objects.values_list("id", "status"))
-    slugs = dict(ContainerInstance.objects.values_list("id", "slug"))
+    rows = list(ContainerInstance.objects.values_list("id", "status", "slug"))
+    statuses = {iid: status for iid, status, _slug in rows}
+    slugs = {iid: slug for iid, _status, slug in rows}
     claimed: dict[Any, set[tuple[str, int]]] = defaultdict(set)
     for value, kind, iid, role in Allocation.objects.filter(
             state=AllocationState.CLAIMED).values_list("value", "pool__kind", "instance_id",

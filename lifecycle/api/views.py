@@ -61,6 +61,25 @@ IDEMPOTENCY_PARAM = OpenApiParameter(
 )
 
 
+def _server_for(request, server_id):
+    """The caller's server (any server for staff), else 404 as if it did not exist."""
+    server = selectors.server_get_for(user=request.user, server_id=server_id)
+    if server is None:
+        raise NotFound("No such server.")
+    return server
+
+
+def _created(result) -> Response:
+    """202 with the new server (and its provision), or the one an Idempotency-Key replays."""
+    server = result.instance
+    server._operation = result.operation
+    headers = {"Location": f"/api/v1/servers/{server.id}"}
+    if not result.created:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(ServerSerializer(server).data, status=status.HTTP_202_ACCEPTED,
+                    headers=headers)
+
+
 class ServerViewSet(viewsets.GenericViewSet):
     serializer_class = ServerSerializer
     lookup_value_regex = r"[0-9a-fA-F-]{32,36}"
@@ -78,10 +97,7 @@ class ServerViewSet(viewsets.GenericViewSet):
             server_id = uuid.UUID(str(pk))
         except ValueError:
             raise NotFound("No such server.") from None
-        server = selectors.server_get_for(user=self.request.user, server_id=server_id)
-        if server is None:
-            raise NotFound("No such server.")
-        return server
+        return _server_for(self.request, server_id)
 
     @extend_schema(responses={200: ServerSerializer(many=True), **_ERRORS})
     def list(self, request):
@@ -111,13 +127,7 @@ class ServerViewSet(viewsets.GenericViewSet):
             data=body.validated_data,
             idempotency_key=request.headers.get("Idempotency-Key"),
         )
-        server = result.instance
-        server._operation = result.operation
-        headers = {"Location": f"/api/v1/servers/{server.id}"}
-        if not result.created:
-            headers["Idempotent-Replayed"] = "true"
-        return Response(ServerSerializer(server).data, status=status.HTTP_202_ACCEPTED,
-                        headers=headers)
+        return _created(result)
 
     # --- actions: each answers 202 with the operation that carries it out ------------------
     def _act(self, request, pk, kind, params=None):
@@ -164,13 +174,6 @@ def _operation_endpoint(spec: OperationSpec):
 for _spec in SPECS.values():
     if _spec.api_action:
         setattr(ServerViewSet, _spec.api_action, _operation_endpoint(_spec))
-
-
-def _server_for(request, server_id):
-    server = selectors.server_get_for(user=request.user, server_id=server_id)
-    if server is None:
-        raise NotFound("No such server.")
-    return server
 
 
 def _backup_for(request, server_id, backup_id):
@@ -274,13 +277,7 @@ class ServerBackupRestoreAsNewView(APIView):
         result = backup_restore_as_new(backup_id=backup.id, owner=backup.owner,
                                        name=body.validated_data["name"],
                                        idempotency_key=request.headers.get("Idempotency-Key"))
-        server = result.instance
-        server._operation = result.operation
-        headers = {"Location": f"/api/v1/servers/{server.id}"}
-        if not result.created:
-            headers["Idempotent-Replayed"] = "true"
-        return Response(ServerSerializer(server).data, status=status.HTTP_202_ACCEPTED,
-                        headers=headers)
+        return _created(result)
 
 
 class OperationDetailView(APIView):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 
 from core.clock import db_now
 
@@ -22,11 +22,11 @@ from ..choices import (
 )
 from ..choices import InstanceStatus as S
 from ..db import retry_on_lock_conflict
-from ..errors import InvalidState, OperationInProgress
+from ..errors import InvalidState
 from ..models import Backup, ContainerInstance, Operation
 from ..operation_kinds import spec_for
 from .audit import Actor, audit_record
-from .operations import operation_create
+from .operations import operation_create_exclusive, operation_refuse_if_active
 
 
 @retry_on_lock_conflict
@@ -58,19 +58,12 @@ def server_request(*, instance_id: Any, kind: str, actor: Actor,
             if target not in (DesiredState.RUNNING, DesiredState.STOPPED):
                 raise InvalidState("A restore ends in 'running' or 'stopped'.")
             params["target"] = target
-        active = Operation.objects.filter(active_slot=inst.id).values_list("kind", "state").first()
-        if active is not None:
-            raise OperationInProgress(
-                f"A {active[0]} operation is {active[1]} on this server; wait for it to finish.")
+        operation_refuse_if_active(instance_id=inst.id)
         # A kind that never changes the status (rotate_credential) leaves the desired state.
         desired = spec.desired_after or params.get("target") or inst.desired_state
         ContainerInstance.objects.filter(pk=inst.pk).update(desired_state=desired)
-        try:
-            with transaction.atomic():
-                op = operation_create(instance_id=inst.id, kind=kind, requested_by=actor.label,
-                                      params=params)
-        except IntegrityError as exc:  # the unique active slot: someone was faster
-            raise OperationInProgress("Another operation was just started on this server.") from exc
+        op = operation_create_exclusive(instance_id=inst.id, kind=kind,
+                                        requested_by=actor.label, params=params)
         audit_record(actor=actor, instance_id=inst.id, action=f"request:{kind}",
                      from_status=inst.status,
                      data={"operation": str(op.id), "desired_state": desired, "params": params})

@@ -164,10 +164,8 @@ def allocation_claim_spares(*, instance_id: Any, node_id: int, role: str) -> tup
 
 def allocation_release_role(*, instance_id: Any, role: str) -> int:
     """Put every value the server holds under `role` into quarantine."""
-    return Allocation.objects.filter(instance_id=instance_id, role=role,
-                                     state=AllocationState.CLAIMED).update(
-        state=AllocationState.QUARANTINED, released_at=Now(), verified_absent_at=None,
-        quarantine_until=db_after(settings.ZLH_QUARANTINE_SECONDS))
+    return _quarantine(Allocation.objects.filter(instance_id=instance_id, role=role,
+                                                 state=AllocationState.CLAIMED))
 
 
 @transaction.atomic
@@ -199,18 +197,22 @@ def allocation_release_vmid(*, instance_id: Any, vmid: int) -> int:
     """Put one VMID the server holds (not its current one) into quarantine: it is handed out
     again only once the quarantine sweep has seen no container on it."""
     pool_id = AllocationPool.objects.get(name=VMID_POOL_NAME).pk
-    return Allocation.objects.filter(pool_id=pool_id, value=vmid, instance_id=instance_id,
-                                     state=AllocationState.CLAIMED).exclude(role="vmid").update(
-        state=AllocationState.QUARANTINED, released_at=Now(), verified_absent_at=None,
-        quarantine_until=db_after(settings.ZLH_QUARANTINE_SECONDS))
+    return _quarantine(Allocation.objects.filter(
+        pool_id=pool_id, value=vmid, instance_id=instance_id,
+        state=AllocationState.CLAIMED).exclude(role="vmid"))
 
 
 def allocation_release_to_quarantine(*, instance_id: Any) -> int:
     """Put every value the server holds into quarantine; call inside the purge transaction."""
-    return Allocation.objects.filter(instance_id=instance_id,
-                                     state=AllocationState.CLAIMED).update(
-        state=AllocationState.QUARANTINED, released_at=Now(), verified_absent_at=None,
-        quarantine_until=db_after(settings.ZLH_QUARANTINE_SECONDS))
+    return _quarantine(Allocation.objects.filter(instance_id=instance_id,
+                                                 state=AllocationState.CLAIMED))
+
+
+def _quarantine(rows) -> int:
+    """Move claimed `rows` into quarantine (the database's clock for the deadline)."""
+    return rows.update(state=AllocationState.QUARANTINED, released_at=Now(),
+                       verified_absent_at=None,
+                       quarantine_until=db_after(settings.ZLH_QUARANTINE_SECONDS))
 
 
 def allocation_release_quarantined(*, present_vmids: set[int] | None,

@@ -20,8 +20,8 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Count, Sum
+from django.db import transaction
+from django.db.models import Count, Q, Sum
 from django.db.models.functions import Now
 
 from core.clock import db_now
@@ -37,12 +37,12 @@ from ..choices import (
     OperationState,
 )
 from ..db import retry_on_lock_conflict
-from ..errors import InvalidState, OperationInProgress, QuotaExceeded
+from ..errors import InvalidState, QuotaExceeded
 from ..models import AccountQuota, Backup, ContainerInstance, Operation
 from ..operation_kinds import spec_for
 from .accounts import quota_ensure
 from .audit import Actor, audit_record
-from .operations import operation_create
+from .operations import operation_create_exclusive, operation_refuse_if_active
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +114,7 @@ def backup_request(*, instance_id: Any, actor: Actor, kind: str = BackupKind.MAN
                                f"{inst.status}.")
         if not (inst.vmid and inst.node_id):
             raise InvalidState("This server has no container to back up.")
-        active = Operation.objects.filter(active_slot=inst.id).values_list("kind", "state").first()
-        if active is not None:
-            raise OperationInProgress(
-                f"A {active[0]} operation is {active[1]} on this server; wait for it to finish.")
+        operation_refuse_if_active(instance_id=inst.id)
         quota_ensure(user=inst.owner)
         if enforce_quota:
             _check_quota(inst.owner)
@@ -125,14 +122,9 @@ def backup_request(*, instance_id: Any, actor: Actor, kind: str = BackupKind.MAN
             instance=inst, owner_id=inst.owner_id, kind=kind, notes=(notes or "")[:200],
             node=inst.node.name, storage=settings.PROXMOX_BACKUP_STORAGE, vmid=inst.vmid,
             expires_at=expires_at)
-        try:
-            with transaction.atomic():
-                op = operation_create(instance_id=inst.id, kind=OperationKind.BACKUP,
-                                      requested_by=actor.label,
-                                      params={"backup_id": str(backup.id)})
-        except IntegrityError as exc:
-            raise OperationInProgress("Another operation was just started on this server.") \
-                from exc
+        op = operation_create_exclusive(instance_id=inst.id, kind=OperationKind.BACKUP,
+                                        requested_by=actor.label,
+                                        params={"backup_id": str(backup.id)})
         Backup.objects.filter(pk=backup.pk).update(operation=op)
         backup.operation = op
         audit_record(actor=actor, instance_id=inst.id, action="request:backup",
@@ -168,18 +160,10 @@ def backup_restore_request(*, backup_id: Any, actor: Actor) -> Operation:
         if inst.status not in spec.requestable_from:
             raise InvalidState(f"Only a running or stopped server can be restored from a "
                                f"backup; this one is {inst.status}.")
-        active = Operation.objects.filter(active_slot=inst.id).values_list("kind", "state").first()
-        if active is not None:
-            raise OperationInProgress(
-                f"A {active[0]} operation is {active[1]} on this server; wait for it to finish.")
-        try:
-            with transaction.atomic():
-                op = operation_create(instance_id=inst.id, kind=OperationKind.RESTORE_BACKUP,
-                                      requested_by=actor.label,
-                                      params={"backup_id": str(backup.id)})
-        except IntegrityError as exc:
-            raise OperationInProgress("Another operation was just started on this server.") \
-                from exc
+        operation_refuse_if_active(instance_id=inst.id)
+        op = operation_create_exclusive(instance_id=inst.id, kind=OperationKind.RESTORE_BACKUP,
+                                        requested_by=actor.label,
+                                        params={"backup_id": str(backup.id)})
         audit_record(actor=actor, instance_id=inst.id, action="request:restore_backup",
                      from_status=inst.status,
                      data={"operation": str(op.id), "backup": str(backup.id),
@@ -213,12 +197,9 @@ def backup_restore_as_new(*, backup_id: Any, owner: Any, name: str,
 
 def backup_in_use(backup: Backup) -> Operation | None:
     """An active operation that reads this backup (a restore from it), if any."""
-    return (Operation.objects.filter(active_slot__isnull=False,
-                                     kind=OperationKind.RESTORE_BACKUP,
-                                     params__backup_id=str(backup.id)).first()
-            or Operation.objects.filter(active_slot__isnull=False,
-                                        kind=OperationKind.PROVISION,
-                                        params__source_backup=str(backup.id)).first())
+    return Operation.objects.filter(active_slot__isnull=False).filter(
+        Q(kind=OperationKind.RESTORE_BACKUP, params__backup_id=str(backup.id))
+        | Q(kind=OperationKind.PROVISION, params__source_backup=str(backup.id))).first()
 
 
 @retry_on_lock_conflict

@@ -9,10 +9,11 @@ import logging
 from typing import Any
 
 from celery import current_app
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
 from ..choices import OperationState
+from ..errors import OperationInProgress
 from ..models import Operation
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,27 @@ def operation_create(*, instance_id: Any, kind: str, requested_by: str,
     )
     transaction.on_commit(lambda: operation_enqueue(operation_id=op.id))
     return op
+
+
+def operation_refuse_if_active(*, instance_id: Any) -> None:
+    """OperationInProgress, naming it, when the server has an active operation. Call with the
+    server's row locked; `operation_create_exclusive` catches the race this check cannot."""
+    active = Operation.objects.filter(active_slot=instance_id).values_list("kind", "state").first()
+    if active is not None:
+        raise OperationInProgress(
+            f"A {active[0]} operation is {active[1]} on this server; wait for it to finish.")
+
+
+def operation_create_exclusive(*, instance_id: Any, kind: str, requested_by: str,
+                               params: dict[str, Any] | None = None) -> Operation:
+    """`operation_create` in a savepoint, with the unique active slot lost to a faster request
+    turned into OperationInProgress (the caller's transaction carries on)."""
+    try:
+        with transaction.atomic():
+            return operation_create(instance_id=instance_id, kind=kind,
+                                    requested_by=requested_by, params=params)
+    except IntegrityError as exc:  # the unique active slot: someone was faster
+        raise OperationInProgress("Another operation was just started on this server.") from exc
 
 
 def operation_enqueue(*, operation_id: Any, countdown: float | None = None) -> bool:

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from core.errors import ExternalError
 from core.redaction import redact_text
 
 from ..choices import OperationState as O
@@ -48,6 +49,21 @@ class OperationContext:
     @property
     def spec(self) -> OperationSpec:
         return spec_for(self.kind)
+
+    @property
+    def last_attempt(self) -> bool:
+        """This attempt is the last: a failure now ends the operation, no retry follows."""
+        return self.attempt >= settings.OPERATION_MAX_ATTEMPTS or self.retry_window_over
+
+    def ends_with(self, err: BaseException) -> bool:
+        """Whether `err` ends the operation for good (the runner's rule): not for a lost lease
+        (another worker carries on), at once for what is not retryable, else on the last
+        attempt."""
+        if isinstance(err, LeaseLost):
+            return False
+        if isinstance(err, ExternalError) and not err.retryable:
+            return True
+        return self.last_attempt
 
     @property
     def actor(self) -> Actor:

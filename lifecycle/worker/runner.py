@@ -131,7 +131,7 @@ def operation_run(*, operation_id: Any) -> str:
         logger.info("operation %s not claimable (done, owned or not due); exiting", operation_id)
         return Outcome.NOT_CLAIMED
     flow = spec_for(ctx.kind).load_flow()
-    last_try = ctx.attempt >= settings.OPERATION_MAX_ATTEMPTS or ctx.retry_window_over
+    last_try = ctx.last_attempt
     try:
         if ctx.attempt > settings.OPERATION_MAX_ATTEMPTS:
             raise StepError(f"gave up after {ctx.attempt - 1} attempts", kind="attempts_exhausted")

@@ -58,11 +58,10 @@ def _run(ctx: OperationContext) -> None:
 def _on_failure(ctx: OperationContext, error: dict[str, Any]) -> None:
     """The backup failed for good: its row says why (the server itself is untouched, and a new
     backup can be requested at once)."""
-    Backup.objects.filter(pk=ctx.params.get("backup_id"), state=BackupState.CREATING).update(
+    backups = Backup.objects.filter(pk=ctx.params.get("backup_id"))
+    backups.filter(state=BackupState.CREATING).update(
         state=BackupState.FAILED, error=error, finished_at=Now(), updated_at=Now())
-    kind = Backup.objects.filter(pk=ctx.params.get("backup_id")).values_list(
-        "kind", flat=True).first()
-    _next_scheduled(kind or "")
+    _next_scheduled(backups.values_list("kind", flat=True).first() or "")
 
 
 BACKUP = Flow(run=_run, on_failure=_on_failure)

@@ -16,15 +16,13 @@ with no container at all. Here the old container is untouched until the restored
 5. the old container is destroyed and its VMID goes to quarantine.
 
 IP, ports, DNS and Velocity stay as they are: only the VMID changes. A failure before step 3's
-swap that ends the operation (not retryable, or the last try) removes the temporary container,
-quarantines its VMID and starts the old container again if the server was running: the server
-is left on its old container. A failure after the swap is retried like any other operation
+swap that ends the operation (`OperationContext.ends_with`: not retryable, or the last try)
+removes the temporary container, quarantines its VMID and starts the old container again if
+the server was running: the server is left on its old container. A failure after the swap is retried like any other operation
 (the restored container is the server's now). The server keeps its status throughout; its
 active `restore_backup` operation says what is happening.
 """
 from __future__ import annotations
-
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -57,7 +55,7 @@ from ..steps.proxmox import (
     run_task,
     settled_config,
 )
-from ..steps.status import failure_alert_key, server_facts
+from ..steps.status import failure_alert_key, record_failure, server_facts
 from . import Flow
 from .power import start_steps, stop_steps
 
@@ -123,11 +121,6 @@ def _abandon(ctx: OperationContext, pve: ProxmoxClient, spare: int | None,
                  "server's container if it should run")
 
 
-def _last_try(ctx: OperationContext, err: BaseException) -> bool:
-    return (not getattr(err, "retryable", True)
-            or ctx.attempt >= settings.OPERATION_MAX_ATTEMPTS or ctx.retry_window_over)
-
-
 def _run(ctx: OperationContext) -> None:
     """Each stage is remembered on the operation's params (`ctx.remember`), so a retry or a
     takeover carries on from where the last attempt got, never repeating the swap."""
@@ -165,7 +158,7 @@ def _run(ctx: OperationContext) -> None:
                 ctx.remember(swapped=True, old_vmid=old)
                 ctx.checkpoint(Step.SWAPPED, f"the server is CT {spare} now (was CT {old})")
         except Exception as err:
-            if _last_try(ctx, err):
+            if ctx.ends_with(err):
                 _abandon(ctx, pve, spare, was_running)
             raise
     if not done.get("rotated"):
@@ -204,8 +197,4 @@ def _run(ctx: OperationContext) -> None:
         ctx.succeed()
 
 
-def _on_failure(ctx: OperationContext, error: dict[str, Any]) -> None:
-    ContainerInstance.objects.filter(pk=ctx.instance_id).update(last_error=error)
-
-
-RESTORE_BACKUP = Flow(run=_run, on_failure=_on_failure)
+RESTORE_BACKUP = Flow(run=_run, on_failure=record_failure)

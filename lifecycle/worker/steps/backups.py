@@ -30,6 +30,7 @@ from ..context import OperationContext
 from ..errors import StepError
 from . import Step
 from .agent import agent_for
+from .proxmox import container_power
 
 #: Margin on top of the vzdump timeout before the agent turns saving on by itself.
 FLUSH_HOLD_MARGIN = 120
@@ -174,9 +175,7 @@ def backup_before(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInst
     counted against the owner's quota and never refused by it: the platform takes it."""
     backup = Backup.objects.filter(operation_id=ctx.operation_id, kind=kind).first()
     if backup is None:
-        from .proxmox import container_power  # the container may have moved
-
-        inst, power = container_power(ctx, pve, inst)
+        inst, power = container_power(ctx, pve, inst)  # followed, should it have moved
         if power is None:
             ctx.note(f"no container of CT {inst.vmid} to back up before the {ctx.kind}")
             return None
