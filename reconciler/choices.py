@@ -14,6 +14,9 @@ class FindingType(models.TextChoices):
     #: manual migration): not missing, only moved.
     CONTAINER_MOVED = "container_moved", "Container moved to another node"
     ORPHAN_CONTAINER = "orphan_container", "Orphan container"
+    #: Our tag names a server this database never knew (it was restored from an older dump,
+    #: or another control plane made it): never destroyed, adoptable by its tag.
+    UNKNOWN_CONTAINER = "unknown_container", "Container of a server unknown to the database"
     VMID_CONFLICT = "vmid_conflict", "VMID conflict"
     POWER_DRIFT = "power_drift", "Power drift"
     STATUS_DRIFT = "status_drift", "Status drift"

@@ -231,14 +231,40 @@ def _firewall_cluster(world: World, out: list[FindingSpec]) -> None:
 
 
 def _orphan_containers(world: World, out: list[FindingSpec]) -> None:
-    """Containers with our tag whose server does not exist (also not created meanwhile)."""
+    """Containers with our tag whose server does not exist (also not created meanwhile). The
+    server was purged: an orphan. The database never knew the server (restored from a dump
+    older than it): unknown, reported with the command that adopts it back; never destroyed."""
     live = set(world.instances) | world.known_ids
     for vmid, ct in world.proxmox.items():
         for owner in owners_from_tags(parse_tags(ct.get("tags"))):
-            if owner not in live:
+            if owner in live:
+                continue
+            if owner in world.purged_owners:
                 out.append(FindingSpec(FindingType.ORPHAN_CONTAINER, Action.DESTROY_ORPHAN,
                                        f"ct-{vmid}", None,
                                        {"vmid": vmid, "owner": owner, "node": ct.get("node")}))
+            else:
+                out.append(FindingSpec(
+                    FindingType.UNKNOWN_CONTAINER, Action.NOTIFY, f"ct-{vmid}", None,
+                    {"vmid": vmid, "owner": owner, "node": ct.get("node"),
+                     "slug": ct.get("name") or f"CT {vmid}", "power": ct.get("status"),
+                     "hint": f"manage.py adopt --vmid {vmid} (dry run), then add --apply"}))
+
+
+def _unknown_containers(world: World) -> tuple[set[str], set[str]]:
+    """(owners, hostnames) of containers whose server the database never knew: their records
+    and registrations are part of that finding, not orphans of their own."""
+    if world.proxmox is None:
+        return set(), set()
+    live = set(world.instances) | world.known_ids | world.purged_owners
+    owners, names = set(), set()
+    for ct in world.proxmox.values():
+        unknown = owners_from_tags(parse_tags(ct.get("tags"))) - live
+        if unknown:
+            owners |= unknown
+            if ct.get("name"):
+                names.add(str(ct["name"]).lower())
+    return owners, names
 
 
 def _edge_drift(world: World, out: list[FindingSpec]) -> None:
@@ -246,6 +272,8 @@ def _edge_drift(world: World, out: list[FindingSpec]) -> None:
         inst = world.instances.get(iid)
         if inst is None or inst["maintenance_lock"] or iid in world.active_ops:
             continue
+        if _proxmox_ok(world) and inst["vmid"] not in world.proxmox:
+            continue  # its container is gone (container_missing): nothing to publish for
         broken = {p: v for p, v in obs.parts.items() if v in REPAIRABLE}
         foreign = {p: v for p, v in obs.parts.items() if v == Verdict.FOREIGN}
         if foreign:
@@ -283,6 +311,9 @@ def _edge_orphans(world: World, out: list[FindingSpec]) -> None:
     """Records and registrations of a server that is gone. Those of a server that still exists
     (stopping, deleting, stopped…) belong to its own flows."""
     slugs = {i["slug"].lower() for i in world.instances.values()} | world.known_slugs
+    unknown_owners, unknown_names = _unknown_containers(world)
+    foreign_names = {str(ct.get("name")).lower() for ct in (world.proxmox or {}).values()
+                     if ct.get("name") and not owners_from_tags(parse_tags(ct.get("tags")))}
     for orphan in world.edge.orphans:
         if not _healthy(world, orphan["source"]):
             continue
@@ -290,6 +321,20 @@ def _edge_orphans(world: World, out: list[FindingSpec]) -> None:
         if (owner and (owner in world.instances or owner in world.known_ids)) or (
                 orphan["source"] == Source.VELOCITY and orphan["name"].lower() in slugs):
             continue
+        if owner in unknown_owners or (orphan["source"] == Source.VELOCITY
+                                       and orphan["name"].lower() in unknown_names):
+            continue  # its container is reported (unknown_container) and adopted with it
+        if orphan["source"] == Source.VELOCITY and orphan["name"].lower() in foreign_names:
+            continue  # a container not ours by that name: the old API's, to be adopted
         subject = f"{orphan['source']}:{orphan.get('type', 'reg')}:{orphan['name']}"
+        never_ours = (owner not in world.purged_owners if owner else
+                      orphan["source"] == Source.VELOCITY
+                      and orphan["name"].lower() not in world.purged_slugs)
+        if never_ours:
+            # Marked for (or named like) no server this database ever knew: reported, never
+            # deleted. Only what a purged server of ours left behind is removed.
+            out.append(FindingSpec(FindingType.EDGE_ORPHAN, Action.NOTIFY, subject, None,
+                                   {**orphan, "hint": "of no server this database knows"}))
+            continue
         out.append(FindingSpec(FindingType.EDGE_ORPHAN, Action.DELETE_EDGE_ORPHAN, subject,
                                None, orphan))

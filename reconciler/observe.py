@@ -88,6 +88,13 @@ class World:
     silent_heartbeats: set[str] = field(default_factory=set)
     #: Agents with a stale or missing heartbeat left unasked this cycle (over the budget).
     unprobed_agents: int = 0
+    #: Owners named by our tags or record comments that are not live servers but have a row
+    #: (purged): their leftovers are orphans. An owner with no row at all is unknown to this
+    #: database (restored from an older dump): its container is adoptable, never destroyed.
+    purged_owners: set[str] = field(default_factory=set)
+    #: Names of Velocity registrations of ours (by forced host) with no live server that are
+    #: the slug of a purged server: only those are proven leftovers of ours.
+    purged_slugs: set[str] = field(default_factory=set)
     #: Servers whose agent is still driven with the old shared token (AgentCredential).
     legacy_agents: set[str] = field(default_factory=set)
     #: Container firewall verdicts (Verdict.as_dict) by server: those checked this cycle and,
@@ -133,7 +140,25 @@ def observe(*, renew=lambda: None) -> World:
             "id", "slug"):
         world.known_ids.add(str(iid))
         world.known_slugs.add(slug.lower())
+    _purged_owners(world)
     return world
+
+
+def _purged_owners(world: World) -> None:
+    """Which of the owners named outside without a live server have a (purged) row."""
+    named: set[str] = set()
+    for ct in (world.proxmox or {}).values():
+        named |= owners_from_tags(parse_tags(ct.get("tags")))
+    named |= {o["owner"] for o in (world.edge.orphans if world.edge else ()) if o.get("owner")}
+    named -= world.known_ids
+    if named:
+        world.purged_owners = {str(i) for i in ContainerInstance.objects.filter(
+            id__in=list(named)).values_list("id", flat=True)}
+    names = {o["name"].lower() for o in (world.edge.orphans if world.edge else ())
+             if o.get("source") == "velocity"} - world.known_slugs
+    if names:
+        world.purged_slugs = {s.lower() for s in ContainerInstance.objects.filter(
+            status=InstanceStatus.PURGED, slug__in=list(names)).values_list("slug", flat=True)}
 
 
 def _observe_proxmox(world: World) -> None:

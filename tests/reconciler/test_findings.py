@@ -145,9 +145,18 @@ def test_edge_drift_dns_and_velocity_are_republished(stack, worker, owner):
     assert observe_edge_state(target).ok
 
 
+def _purged_row(owner, server_id, name):
+    """A server of ours that was purged (its tombstone row), so what it left is an orphan."""
+    ContainerInstance.objects.create(id=server_id, owner=owner.user, name=name, slug=name,
+                                     live_slug=None, kind="game", variant="vanilla",
+                                     version="1.21.1", plan="vanilla", memory_mb=2048, cores=2,
+                                     disk_gb=8, status="purged", desired_state="purged")
+
+
 def test_edge_orphan_and_orphan_container_are_reported_not_touched(stack, worker, owner):
     running(owner, "anchor")
     ghost = uuid.uuid4()
+    _purged_row(owner, ghost, "ghost")
     stack.cf_api("POST", "/dns_records", json={
         "type": "A", "name": "ghost.play.zlh.test", "content": "203.0.113.10", "ttl": 60,
         "proxied": False, "comment": f"zlh:{ghost}"})
@@ -164,6 +173,31 @@ def test_edge_orphan_and_orphan_container_are_reported_not_touched(stack, worker
     assert any(c["vmid"] == 7777 for c in stack.containers())
     assert any(r["name"] == "ghost.play.zlh.test" for r in stack.cf_records())
     wait_message(stack, "warning", "orphan container")
+
+
+def test_leftovers_of_a_server_the_database_never_knew_are_reported_never_removed(
+        stack, worker, owner, settings):
+    """What a database restored from an older dump does not know is not an orphan: it is
+    adoptable (by its tag), and no repair level removes it."""
+    running(owner, "anchor")
+    newer = uuid.uuid4()
+    stack.cf_api("POST", "/dns_records", json={
+        "type": "A", "name": "newer.play.zlh.test", "content": "203.0.113.10", "ttl": 60,
+        "proxied": False, "comment": f"zlh:{newer}"})
+    resp = stack.pve_api("POST", "/nodes/pve2/lxc", data={
+        "vmid": 7778, "hostname": "newer", "rootfs": "local-lvm:4",
+        "ostemplate": stack.endpoints["proxmox"]["ostemplate"], "tags": f"zlh;zlh-{newer}"})
+    assert resp.status_code == 200
+    settings.RECONCILER_ENABLED_LEVELS = [0, 1, 2]  # even destructive repairs allowed
+    cycles(2)
+    found = {f.finding_type: f for f in Finding.objects.filter(open=True)}
+    assert set(found) == {"unknown_container"}, found
+    assert found["unknown_container"].action == "notify"
+    assert "adopt --vmid 7778" in found["unknown_container"].details["hint"]
+    assert not RepairEvent.objects.filter(action__in=("delete_edge_orphan",
+                                                      "destroy_orphan")).exists()
+    assert any(c["vmid"] == 7778 for c in stack.containers())
+    assert any(r["name"] == "newer.play.zlh.test" for r in stack.cf_records())
 
 
 def test_vmid_conflict_is_alerted(stack, worker, owner):

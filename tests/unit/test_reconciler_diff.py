@@ -50,7 +50,8 @@ def ct(vmid: int, owner: str | None, status: str = "running", node: str = "pve1"
 def world(instances: list[dict[str, Any]] = (), *, containers: list[dict[str, Any]] | None = None,
           active_ops: dict[str, dict[str, Any]] | None = None,
           agents: dict[str, Any] | None = None, edge: BulkObservation | None = None,
-          sources: dict[str, str] | None = None, known_ids: set[str] | None = None) -> World:
+          sources: dict[str, str] | None = None, known_ids: set[str] | None = None,
+          purged: set[str] = frozenset(), purged_slugs: set[str] = frozenset()) -> World:
     """A snapshot; Proxmox and the agents are healthy unless `sources` says otherwise, and
     Proxmox is unknown (None) when no `containers` are given."""
     rows = {str(i["id"]): i for i in instances}
@@ -70,6 +71,7 @@ def world(instances: list[dict[str, Any]] = (), *, containers: list[dict[str, An
     w.agents = dict(agents or {})
     w.known_ids = set(rows) | set(known_ids or ())
     w.known_slugs = {i["slug"].lower() for i in instances}
+    w.purged_owners, w.purged_slugs = set(purged), set(purged_slugs)
     return w
 
 
@@ -183,9 +185,9 @@ def test_a_container_with_another_owner_on_our_vmid_is_a_conflict():
     assert f.details["tags"] == "web;prod"
 
 
-def test_a_conflict_with_an_unknown_zlh_owner_is_also_an_orphan():
+def test_a_conflict_with_a_purged_zlh_owner_is_also_an_orphan():
     a, stranger = inst(), new_id()
-    findings = diff(world([a], containers=[ct(5000, stranger)]))
+    findings = diff(world([a], containers=[ct(5000, stranger)], purged={stranger}))
     assert types(findings) == [FindingType.ORPHAN_CONTAINER, FindingType.VMID_CONFLICT]
     assert only(findings, FindingType.ORPHAN_CONTAINER).details["owner"] == stranger
 
@@ -250,11 +252,42 @@ def test_tags_are_matched_however_proxmox_spells_them():
 
 def test_a_tagged_container_whose_server_is_gone_is_an_orphan():
     a, gone = inst(), new_id()
-    w = world([a], containers=[ct(5000, a["id"]), ct(5077, gone, node="pve2", status="stopped")])
+    w = world([a], containers=[ct(5000, a["id"]), ct(5077, gone, node="pve2", status="stopped")],
+              purged={gone})
     f = only(diff(w), FindingType.ORPHAN_CONTAINER)
     assert f.subject == "ct-5077" and f.instance_id is None
     assert f.action == Action.DESTROY_ORPHAN and f.level == 2
     assert f.details == {"vmid": 5077, "owner": gone, "node": "pve2"}
+
+
+def test_a_container_of_a_server_the_database_never_knew_is_adoptable_never_destroyed():
+    """After a restore from an older dump: the server exists outside, not in the database."""
+    a, newer = inst(), new_id()
+    container = {**ct(5077, newer, node="pve2"), "name": "newer"}
+    rows = [orphan("cloudflare", newer, "newer.play.zerolaghub.com", type="A", id="r1"),
+            orphan("velocity", None, "newer", address="10.1.0.9:30000")]
+    w = world([a], containers=[ct(5000, a["id"]), container], edge=bulk(orphans=rows))
+    f = only(diff(w), FindingType.UNKNOWN_CONTAINER)
+    assert f.subject == "ct-5077" and f.action == Action.NOTIFY and f.level == 0
+    assert f.details["owner"] == newer and "adopt --vmid 5077" in f.details["hint"]
+    assert [x.finding_type for x in diff(w)] == [FindingType.UNKNOWN_CONTAINER]  # records folded
+
+
+def test_edge_records_of_an_owner_never_known_are_reported_not_deleted():
+    never = new_id()
+    rows = [orphan("technitium", never, "nobody.zlh.internal", type="A"),
+            orphan("velocity", None, "nobody", address="10.1.0.9:30000")]
+    findings = diff(world([], edge=bulk(orphans=rows)))
+    assert {f.subject for f in findings} == {"technitium:A:nobody.zlh.internal",
+                                             "velocity:reg:nobody"}
+    assert {f.action for f in findings} == {Action.NOTIFY}
+
+
+def test_a_registration_named_like_a_container_not_ours_is_left_to_adoption():
+    rows = [orphan("velocity", None, "oldapi", address="10.1.0.9:30000")]
+    w = world([], containers=[{**ct(6001, None, tags="old-api"), "name": "oldapi"}],
+              edge=bulk(orphans=rows))
+    assert diff(w) == []
 
 
 def test_a_container_of_a_server_created_while_we_listed_is_no_orphan():
@@ -354,7 +387,7 @@ def test_edge_records_of_a_gone_server_are_orphans():
     rows = [orphan("cloudflare", gone, "ghost.play.zerolaghub.com", type="A", id="r1"),
             orphan("technitium", gone, "ghost.zlh.internal", type="A", ip="10.1.0.9"),
             orphan("velocity", None, "ghost", address="10.1.0.9:30000")]
-    findings = diff(world([], edge=bulk(orphans=rows)))
+    findings = diff(world([], edge=bulk(orphans=rows), purged={gone}, purged_slugs={"ghost"}))
     assert types(findings) == [FindingType.EDGE_ORPHAN] * 3
     assert {f.subject for f in findings} == {"cloudflare:A:ghost.play.zerolaghub.com",
                                              "technitium:A:ghost.zlh.internal",
