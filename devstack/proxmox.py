@@ -276,12 +276,16 @@ class DevPve(FakePve):
         return json_response({"time_scale": self.time_scale})
 
     async def _sim_add_containers(self, request: web.Request) -> web.Response:
-        """Bulk-add containers (benchmarks): [{"vmid", "node", "tags", "status", "hostname"}]."""
+        """Bulk-add containers (benchmarks, and containers "made by the old API" for adoption
+        tests): [{"vmid", "node", "tags", "status", "hostname", "memory", "config": {…}}]; the
+        optional `config` (net0, cores, rootfs, description, …) is added to the config."""
         specs = await request.json()
         for spec in specs:
+            config = {"tags": spec.get("tags", ""), "memory": spec.get("memory", 512),
+                      **(spec.get("config") or {})}
             self.add_ct(int(spec["vmid"]), spec.get("hostname"),
-                             node=spec.get("node", "pve1"), status=spec.get("status", "stopped"),
-                             config={"tags": spec.get("tags", ""), "memory": spec.get("memory", 512)})
+                        node=spec.get("node", "pve1"), status=spec.get("status", "stopped"),
+                        config=config)
         return json_response({"added": len(specs)}, 201)
 
     async def _sim_containers(self, request: web.Request) -> web.Response:

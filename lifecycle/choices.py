@@ -145,3 +145,18 @@ class ActorKind(models.TextChoices):
     ADMIN = "admin", "Admin user"
     SYSTEM = "system", "System"
     RECONCILER = "reconciler", "Reconciler"
+
+
+class AdoptionState(models.TextChoices):
+    #: Rows and allocations written; nothing outside changed yet.
+    CLAIMED = "claimed", "Claimed"
+    #: Our ownership tag is on the container.
+    TAGGED = "tagged", "Tagged"
+    #: The container firewall is ours (or the firewall is off).
+    FIREWALLED = "firewalled", "Firewall in place"
+    #: Records marked or created, Velocity put right.
+    EDGE_DONE = "edge_done", "Edge marked"
+    DONE = "done", "Adopted"
+    #: `adopt --release` is undoing it.
+    RELEASING = "releasing", "Releasing"
+    RELEASED = "released", "Released"

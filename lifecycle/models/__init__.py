@@ -1,5 +1,6 @@
 """Authoritative lifecycle models, one module per sub-domain."""
 from .accounts import AccountQuota, ApiToken
+from .adoptions import Adoption
 from .agents import AgentCredential, AgentHeartbeat
 from .allocations import Allocation, AllocationPool
 from .backups import Backup
@@ -10,6 +11,7 @@ from .operations import Operation
 
 __all__ = (
     "AccountQuota",
+    "Adoption",
     "AgentCredential",
     "AgentHeartbeat",
     "Allocation",

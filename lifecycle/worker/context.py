@@ -114,7 +114,7 @@ class OperationContext:
 
     # --- reads and waits ------------------------------------------------------------------------
     def instance(self) -> ContainerInstance:
-        return ContainerInstance.objects.select_related("node").get(pk=self.instance_id)
+        return ContainerInstance.objects.select_related("node", "owner").get(pk=self.instance_id)
 
     def wait_for(self, check: Callable[[], T | None], *, timeout: float, what: str,
                  retryable: bool = True) -> T:

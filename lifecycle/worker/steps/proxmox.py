@@ -27,6 +27,7 @@ from ...clients.proxmox import (
 )
 from ...firewall import enabled as firewall_enabled
 from ...models import ContainerInstance
+from ...services.adoption import container_description
 from ...services.allocations import allocation_replace_vmid
 from ...services.moves import UnknownNode, server_record_move
 from ..context import OperationContext
@@ -59,7 +60,7 @@ def container_params(inst: ContainerInstance) -> dict[str, Any]:
         "unprivileged": bool01(True),
         "onboot": bool01(True),
         "features": "nesting=1",
-        "description": f"ZeroLagHub {inst.kind} server {inst.slug} ({inst.id})",
+        "description": container_description(inst),
     }
 
 
