@@ -26,6 +26,7 @@ from .choices import InstanceStatus
 from .errors import LifecycleError
 from .models import (
     AccountQuota,
+    Adoption,
     Allocation,
     AllocationPool,
     ApiToken,
@@ -338,6 +339,17 @@ class AllocationAdmin(ReadOnlyAdmin):
     list_filter = ("pool", "state")
     list_select_related = ("pool", "instance")
     search_fields = ("=value", "instance__slug")
+
+
+@admin.register(Adoption)
+class AdoptionAdmin(ReadOnlyAdmin):
+    """The journal of `manage.py adopt`: how far each adoption got, and what a release puts
+    back. Adopting and releasing are done with the command (see docs/operations.md)."""
+
+    list_display = ("vmid", "instance", "node", "state", "source", "created_at", "released_at")
+    list_filter = ("state", "source", "node")
+    list_select_related = ("instance",)
+    search_fields = ("=vmid", "instance__slug")
 
 
 @admin.register(AccountQuota)

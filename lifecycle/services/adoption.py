@@ -84,7 +84,7 @@ from .accounts import quota_ensure, quota_usage
 from .allocations import VMID_POOL_NAME
 from .audit import Actor, audit_record
 from .edge import edge_target_for
-from .firewall import Target, firewall_apply
+from .firewall import Target, firewall_apply, ipsets_apply
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ META_PREFIX = "zlh-meta: "
 _META_MAX = 2048
 #: Proxmox reads at once while planning (config of each candidate).
 READ_PARALLELISM = 8
+_IPSETS_LOCK = threading.Lock()
 
 
 class MappingInvalid(LifecycleError):
@@ -718,6 +719,8 @@ class Outcome:
     result: str                      # adopted | resumed | adopted already | skipped | failed
     detail: list[str] = field(default_factory=list)
     server_id: str | None = None
+    #: Calls made to each outside system for this container.
+    calls: dict[str, int] = field(default_factory=dict)
 
 
 def _owner_user(username: str) -> Any:
@@ -833,8 +836,13 @@ def _firewall(pve: ProxmoxClient, adoption: Adoption, inst: ContainerInstance,
                                 if options.get(k) is not None}}
         Adoption.objects.filter(pk=adoption.pk).update(original_firewall=original)
         adoption.original_firewall = original
-    changes, verdict = firewall_apply(pve, Target.of(inst), with_ipsets=not ipsets_done.is_set())
-    ipsets_done.set()
+    ipset_changes = []
+    with _IPSETS_LOCK:  # the cluster IP sets our rules name: put right once per apply
+        if not ipsets_done.is_set():
+            ipset_changes = ipsets_apply(pve)
+            ipsets_done.set()
+    changes, verdict = firewall_apply(pve, Target.of(inst), with_ipsets=False)
+    changes = ipset_changes + changes
     if verdict is None or not verdict.ok:
         raise AdoptionRefused("the container firewall could not be put in place: "
                               f"{verdict.problems if verdict else 'container gone'}")
@@ -866,22 +874,26 @@ def _finish(adoption: Adoption, inst: ContainerInstance, actor: Actor) -> str:
     return f"adopted; its agent is given its own credential (operation {op.id})"
 
 
-def _carry_on(adoption: Adoption, actor: Actor, ipsets_done: threading.Event) -> list[str]:
+def _carry_on(adoption: Adoption, actor: Actor, ipsets_done: threading.Event,
+              calls: dict[str, int]) -> list[str]:
     """Steps 2-5 from wherever the journal says the adoption stopped."""
     inst = ContainerInstance.objects.select_related("node").get(pk=adoption.instance_id)
-    pve = ProxmoxClient.from_settings()
+    pve, edge = ProxmoxClient.from_settings(), EdgeClients()
     done = []
-    if adoption.state == AdoptionState.CLAIMED:
-        done.append(_tag(pve, adoption, inst))
-        _advance(adoption, AdoptionState.TAGGED)
-    if adoption.state == AdoptionState.TAGGED:
-        done.append(_firewall(pve, adoption, inst, ipsets_done))
-        _advance(adoption, AdoptionState.FIREWALLED)
-    if adoption.state == AdoptionState.FIREWALLED:
-        done += _edge(adoption, inst, EdgeClients())
-        _advance(adoption, AdoptionState.EDGE_DONE)
-    if adoption.state == AdoptionState.EDGE_DONE:
-        done.append(_finish(adoption, inst, actor))
+    try:
+        if adoption.state == AdoptionState.CLAIMED:
+            done.append(_tag(pve, adoption, inst))
+            _advance(adoption, AdoptionState.TAGGED)
+        if adoption.state == AdoptionState.TAGGED:
+            done.append(_firewall(pve, adoption, inst, ipsets_done))
+            _advance(adoption, AdoptionState.FIREWALLED)
+        if adoption.state == AdoptionState.FIREWALLED:
+            done += _edge(adoption, inst, edge)
+            _advance(adoption, AdoptionState.EDGE_DONE)
+        if adoption.state == AdoptionState.EDGE_DONE:
+            done.append(_finish(adoption, inst, actor))
+    finally:
+        calls.update({"proxmox": pve.calls, **edge.calls()})
     return done
 
 
@@ -898,7 +910,7 @@ def _adopt_one(cp: ContainerPlan, actor: Actor, ipsets_done: threading.Event) ->
         if adoption.state in (AdoptionState.RELEASING,):
             return Outcome(cp.vmid, cp.name, "skipped", ["a release is under way"])
         out.server_id = str(adoption.instance_id)
-        out.detail = _carry_on(adoption, actor, ipsets_done)
+        out.detail = _carry_on(adoption, actor, ipsets_done, out.calls)
     except (AdoptionRefused, ProxmoxError, EdgeError) as err:
         out.result = "failed"
         out.detail.append(getattr(err, "message", None) or str(err))

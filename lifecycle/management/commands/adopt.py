@@ -84,6 +84,15 @@ class Command(BaseCommand):
             self.stdout.write("adopt: " + ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
                               + ("" if not failed else
                                  " - run --apply again to carry on with the failed ones"))
+            worked = [o for o in outcomes if o.calls]
+            if worked:
+                totals: dict[str, int] = {}
+                for o in worked:
+                    for system, n in o.calls.items():
+                        totals[system] = totals.get(system, 0) + n
+                self.stdout.write("calls per adopted server: " + ", ".join(
+                    f"{system} {n / len(worked):.1f}" for system, n in sorted(totals.items()))
+                    + f" (planning: {plan.calls})")
         if failed:
             sys.exit(1)
 
