@@ -24,6 +24,7 @@ BENCHES = [
     ("edge_observe", [], ["--servers", "100,2000"]),
     ("reconcile_scale", [], ["--sizes", "1000,5000"]),
     ("backup_schedule", [], ["--servers", "200"]),
+    ("adopt", [], ["--servers", "200"]),
 ]
 PICK = {
     "create_storm": [("creates per second", r"creates per second\s+([\d.]+)"),
@@ -39,6 +40,8 @@ PICK = {
     "backup_schedule": [("most backups in flight per node", r"in flight per node: (\{.*?\})"),
                         ("Proxmox calls per scheduled backup",
                          r"calls per scheduled backup: ([\d.]+)")],
+    "adopt": [("apply seconds", r"^apply: ([\d.]+) s"),
+              ("calls per adopted server", r"^calls per adopted server: (.*)$")],
 }
 
 
