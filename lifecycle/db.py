@@ -53,3 +53,25 @@ def retry_on_lock_conflict(func: Callable[P, R]) -> Callable[P, R]:
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+class named_lock:
+    """A MariaDB named lock (`GET_LOCK`, not waiting) held by this connection for the block;
+    the block gets whether it was obtained. The server drops it with the connection, so a
+    killed process never leaves it behind."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name[:64]  # MariaDB's limit on lock names
+        self.held = False
+
+    def __enter__(self) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, 0)", [self.name])
+            self.held = cursor.fetchone()[0] == 1
+        return self.held
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT RELEASE_LOCK(%s)", [self.name])
+            self.held = False

@@ -73,7 +73,7 @@ from ..choices import (
     Variant,
 )
 from ..clients.proxmox import PowerState, ProxmoxClient, ProxmoxError, parse_tags
-from ..db import retry_on_lock_conflict
+from ..db import named_lock, retry_on_lock_conflict
 from ..errors import LifecycleError
 from ..firewall import enabled as firewall_enabled
 from ..firewall import parse_marker
@@ -898,15 +898,39 @@ def _carry_on(adoption: Adoption, actor: Actor, ipsets_done: threading.Event,
 
 
 def _adopt_one(cp: ContainerPlan, actor: Actor, ipsets_done: threading.Event) -> Outcome:
+    """One container, while holding its named lock: two --apply running at once never work
+    on the same container (the lock dies with a killed process, so a resume is not held up)."""
+    try:
+        with named_lock(f"zlh_adopt_{cp.vmid}") as held:
+            if not held:
+                return Outcome(cp.vmid, cp.name, "skipped",
+                               ["another --apply is adopting it right now"])
+            return _adopt_locked(cp, actor, ipsets_done)
+    finally:
+        close_old_connections()
+
+
+def _adopt_locked(cp: ContainerPlan, actor: Actor, ipsets_done: threading.Event) -> Outcome:
     out = Outcome(vmid=cp.vmid, name=cp.name, result="adopted", server_id=cp.server_id)
     try:
-        if cp.verdict == Verdict.RESUME:
-            adoption = Adoption.objects.get(vmid=cp.vmid, state__in=[
-                s for s in AdoptionState.values if s not in (AdoptionState.DONE,
-                                                             AdoptionState.RELEASED)])
-            out.result = "resumed"
+        journal = Adoption.objects.filter(vmid=cp.vmid).exclude(
+            state=AdoptionState.RELEASED).first()
+        if journal is not None and journal.state == AdoptionState.DONE:
+            return Outcome(cp.vmid, cp.name, "adopted already",
+                           ["adopted by another --apply meanwhile"], str(journal.instance_id))
+        if journal is not None:
+            adoption = journal
+            out.result = "resumed" if cp.verdict == Verdict.RESUME else "adopted"
         else:
-            adoption = _claim_rows(cp, actor)
+            try:
+                adoption = _claim_rows(cp, actor)
+            except AdoptionRefused:
+                if Adoption.objects.filter(vmid=cp.vmid).exclude(
+                        state=AdoptionState.RELEASED).exists():
+                    # Another --apply running at the same time claimed it first.
+                    return Outcome(cp.vmid, cp.name, "adopted already",
+                                   ["claimed by another --apply running at the same time"])
+                raise
         if adoption.state in (AdoptionState.RELEASING,):
             return Outcome(cp.vmid, cp.name, "skipped", ["a release is under way"])
         out.server_id = str(adoption.instance_id)
@@ -914,8 +938,6 @@ def _adopt_one(cp: ContainerPlan, actor: Actor, ipsets_done: threading.Event) ->
     except (AdoptionRefused, ProxmoxError, EdgeError) as err:
         out.result = "failed"
         out.detail.append(getattr(err, "message", None) or str(err))
-    finally:
-        close_old_connections()
     return out
 
 

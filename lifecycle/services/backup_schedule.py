@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Max
 
 from core.clock import db_now
@@ -31,6 +30,7 @@ from core.clock import db_now
 from ..catalog import BACKUP_POLICIES, BackupPolicy
 from ..choices import BackupKind, BackupState, OperationKind, OperationState
 from ..choices import InstanceStatus as S
+from ..db import named_lock
 from ..errors import LifecycleError, QuotaExceeded
 from ..models import Backup, ContainerInstance, Operation
 from .audit import Actor
@@ -85,19 +85,6 @@ def retention_keep(backups: list[tuple[Any, datetime]], policy: BackupPolicy) ->
     return keep
 
 
-class _NamedLock:
-    def __enter__(self) -> bool:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT GET_LOCK(%s, 0)", [LOCK_NAME])
-            self.held = cursor.fetchone()[0] == 1
-        return self.held
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.held:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT RELEASE_LOCK(%s)", [LOCK_NAME])
-
-
 def _in_flight_per_node() -> Counter:
     rows = (Operation.objects.filter(
         state__in=(OperationState.QUEUED, OperationState.RUNNING),
@@ -130,7 +117,7 @@ def backup_schedule_tick() -> dict[str, int]:
               "refused": 0, "pruned": 0}
     if not settings.BACKUP_SCHEDULED:
         return counts
-    with _NamedLock() as held:
+    with named_lock(LOCK_NAME) as held:
         if not held:
             counts["skipped_tick"] = 1
             return counts

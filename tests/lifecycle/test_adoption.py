@@ -286,3 +286,26 @@ def test_sigkill_halfway_through_apply_then_apply_again_adopts_each_container_on
     assert not ContainerInstance.objects.filter(maintenance_lock=True).exists()
     memory = sum(ContainerInstance.objects.values_list("memory_mb", flat=True))
     assert sum(Node.objects.values_list("allocated_memory_mb", flat=True)) == memory
+
+
+def test_two_applies_at_once_adopt_each_container_once(stack, worker_env, tmp_path):
+    fleet = [LegacyServer(5300 + i, f"twin{i:02d}", f"10.2.1.{i + 10}", node="pve2",
+                          port=30300 + i) for i in range(24)]
+    _seed(stack, fleet)
+    mapping = tmp_path / "servers.csv"
+    mapping.write_text("vmid,owner,variant,version\n" + "".join(
+        f"{s.vmid},owner{i % 3},paper,1.21.1\n" for i, s in enumerate(fleet)))
+    cmd = [sys.executable, "manage.py", "adopt", "--mapping", str(mapping), "--apply",
+           "--parallel", "4"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=worker_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[0][-3000:] for o in outs]
+    assert sorted(ContainerInstance.objects.values_list("vmid", flat=True)) == [
+        s.vmid for s in fleet]
+    assert Adoption.objects.filter(state=AdoptionState.DONE).count() == 24
+    assert AuditEvent.objects.filter(action="adopt:claim").count() == 24
+    assert Allocation.objects.filter(state="claimed").count() == 24 * 3
+    assert sum(Node.objects.values_list("allocated_memory_mb", flat=True)) == 24 * 2048
+    for ct in stack.containers():
+        assert len([t for t in ct["tags"].split(";") if t.startswith("zlh-")]) == 1, ct
