@@ -61,3 +61,16 @@ class InvalidState(LifecycleError):
 
     code = "invalid_state"
     http_status = 409
+
+
+class MappingInvalid(LifecycleError):
+    """The mapping file cannot be used; `problems` names each bad line."""
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class AdoptionRefused(LifecycleError):
+    """An adoption or release that cannot go on: something changed since the plan (a value
+    claimed meanwhile, a name taken), or the server is busy."""

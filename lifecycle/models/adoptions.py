@@ -32,7 +32,7 @@ class Adoption(models.Model):
     original_firewall = models.JSONField(null=True, blank=True)
     #: Allocation row id -> [state, note] before adoption, restored by a release.
     original_allocations = models.JSONField(default=dict, blank=True)
-    #: What was done to the edge, each with what it was before (see services/adoption.py).
+    #: What was done to the edge, each with what it was before (see edge/adoption.py: EdgeStep).
     edge = models.JSONField(default=list, blank=True)
     #: The plan line the adoption was made from (what the operator saw in the dry run).
     plan = models.JSONField(default=dict, blank=True)

@@ -10,7 +10,7 @@ import subprocess
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.models.functions import Now
 
@@ -110,6 +110,10 @@ def test_a_database_restored_from_an_older_dump_destroys_nothing_and_names_each_
         "id", flat=True)) == {i.id for i in made_later}
     cycles(2)
     assert not Finding.objects.filter(open=True, finding_type="unknown_container").exists()
+    # They were ours all along: not released (their leftovers would read as a purged server's).
+    with pytest.raises(CommandError, match="adopted back by its own tag"):
+        call_command("adopt", "--release", str(made_later[0].vmid), stdout=StringIO())
+    assert ContainerInstance.objects.get(pk=made_later[0].id).status == "running"
     # Their agents hold credentials the dump never had: the operator is told, per server, to
     # reset them (nothing guesses or overwrites a credential).
     wait_until(lambda: not Operation.objects.filter(state__in=("queued", "running")).exists(),

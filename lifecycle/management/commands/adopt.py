@@ -11,7 +11,7 @@ variant, version, plan (default: the plan of the container's size), runtime,
 runtime_version, code_server, port (the game or IDE port; a game server's is read from its
 Velocity registration when left out). Containers carrying our tag for a server this database
 does not know (after a restore from an older dump) need no mapping row: they describe
-themselves. See `lifecycle/services/adoption.py` and docs/operations.md.
+themselves. See `lifecycle/services/adoption/` and docs/operations.md.
 
 Exit status: 0 when everything planned went through (a dry run always), 1 when an adoption or a
 release failed, 2 for a bad mapping file.
@@ -138,7 +138,8 @@ class Command(BaseCommand):
                                                     if r["released"] else f"not released: "
                                                                           f"{r['error']}"))
         if failed:
-            raise CommandError("some containers were not released")
+            raise CommandError("not released: " + "; ".join(
+                r["error"] for r in results.values() if not r["released"]))
 
 
 def _plan_line(cp: ContainerPlan) -> str:
