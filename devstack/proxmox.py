@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,9 @@ class DevPve(FakePve):
         super().__init__(*args, **kwargs)
         self.sim_table = FaultTable()
         self.task_faults: list[dict[str, Any]] = []
+        #: Tasks running now and the most seen at once, per "node/type" (`/_sim/task-peaks`).
+        self.tasks_now: Counter[str] = Counter()
+        self.tasks_peak: Counter[str] = Counter()
         self.node_names = nodes
         #: volid -> the container's disk as the archive holds it.
         self.backup_disks: dict[str, dict[str, Any]] = {}
@@ -87,6 +91,8 @@ class DevPve(FakePve):
         self.ct_secs.update(create=4, destroy=2, backup=3)
 
     def reset_world(self) -> None:
+        self.tasks_now.clear()
+        self.tasks_peak.clear()
         self.cts.clear()
         self.tasks.clear()
         self.tasklog.clear()
@@ -201,7 +207,17 @@ class DevPve(FakePve):
                 raise TaskError(message)
 
             body = failing
-        return await super().task(node, ttype, tid, user, body, vm=vm, lock=lock, log=log)
+        inner, key = body, f"{node}/{ttype}"
+
+        async def counted():
+            self.tasks_now[key] += 1
+            self.tasks_peak[key] = max(self.tasks_peak[key], self.tasks_now[key])
+            try:
+                return await inner()
+            finally:
+                self.tasks_now[key] -= 1
+
+        return await super().task(node, ttype, tid, user, counted, vm=vm, lock=lock, log=log)
 
     # --- app ----------------------------------------------------------------------------------
     def _build_app(self) -> web.Application:
@@ -219,6 +235,8 @@ class DevPve(FakePve):
         r.add_post("/_sim/containers", self._sim_add_containers)
         r.add_post("/_sim/containers/{vmid}/migrate", self._sim_migrate)
         r.add_get("/_sim/backups", self._sim_backups)
+        r.add_get("/_sim/task-peaks", self._sim_task_peaks)
+        r.add_delete("/_sim/task-peaks", self._sim_task_peaks_reset)
         r.add_post("/_sim/backups/corrupt", self._sim_backup_corrupt)
         return app
 
@@ -234,6 +252,15 @@ class DevPve(FakePve):
         moved_from, ct.node = ct.node, node
         return json_response({"vmid": vmid, "from": moved_from, "node": node,
                               "status": ct.status})
+
+    async def _sim_task_peaks(self, request: web.Request) -> web.Response:
+        """{"node/type": {"now", "peak"}}: the most tasks of a type seen at once on a node."""
+        return json_response({k: {"now": self.tasks_now[k], "peak": self.tasks_peak[k]}
+                              for k in sorted(set(self.tasks_now) | set(self.tasks_peak))})
+
+    async def _sim_task_peaks_reset(self, request: web.Request) -> web.Response:
+        self.tasks_peak = Counter({k: v for k, v in self.tasks_now.items() if v})
+        return json_response({"reset": True})
 
     async def _sim_offline(self, request: web.Request) -> web.Response:
         node = request.match_info["node"]

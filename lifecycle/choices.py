@@ -160,3 +160,13 @@ class AdoptionState(models.TextChoices):
     #: `adopt --release` is undoing it.
     RELEASING = "releasing", "Releasing"
     RELEASED = "released", "Released"
+
+
+class NodeTaskKind(models.TextChoices):
+    """The kinds of Proxmox task whose number at once per node is limited (NodeTaskSlot)."""
+
+    CREATE = "create", "Create a container"
+    START = "start", "Start a container"
+    STOP = "stop", "Stop or shut down a container"
+    BACKUP = "backup", "Back up (vzdump)"
+    RESTORE = "restore", "Restore from a backup"

@@ -246,6 +246,15 @@ PROXMOX_STORAGE = env.str("PROXMOX_STORAGE", default="local-lvm")
 PROXMOX_BRIDGE = env.str("PROXMOX_BRIDGE", default="vmbr0")
 # Bound on waiting for one Proxmox task (create, start, shutdown, destroy).
 PROXMOX_TASK_TIMEOUT = env.float("PROXMOX_TASK_TIMEOUT", default=300.0)
+# At most this many Proxmox tasks of each kind at once per node, across every worker and host
+# (lifecycle/services/node_slots.py; 0 = no limit). An operation that finds no free place
+# waits without holding a worker: it is queued again and looks every PROXMOX_SLOT_WAIT_SECONDS.
+PROXMOX_NODE_LIMIT_CREATE = env.int("PROXMOX_NODE_LIMIT_CREATE", default=4)
+PROXMOX_NODE_LIMIT_START = env.int("PROXMOX_NODE_LIMIT_START", default=8)
+PROXMOX_NODE_LIMIT_STOP = env.int("PROXMOX_NODE_LIMIT_STOP", default=8)
+PROXMOX_NODE_LIMIT_BACKUP = env.int("PROXMOX_NODE_LIMIT_BACKUP", default=2)
+PROXMOX_NODE_LIMIT_RESTORE = env.int("PROXMOX_NODE_LIMIT_RESTORE", default=2)
+PROXMOX_SLOT_WAIT_SECONDS = env.float("PROXMOX_SLOT_WAIT_SECONDS", default=2.0)
 # World backups (lifecycle/services/backups.py): vzdump archives in this Proxmox storage (a
 # Proxmox Backup Server storage in production; it must allow the `backup` content type),
 # snapshot mode so a running server keeps running.

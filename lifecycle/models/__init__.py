@@ -8,6 +8,7 @@ from .audit import AuditEvent
 from .instances import ContainerInstance
 from .nodes import Node
 from .operations import Operation
+from .slots import NodeTaskSlot
 
 __all__ = (
     "AccountQuota",
@@ -21,5 +22,6 @@ __all__ = (
     "Backup",
     "ContainerInstance",
     "Node",
+    "NodeTaskSlot",
     "Operation",
 )

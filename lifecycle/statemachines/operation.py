@@ -110,6 +110,18 @@ def operation_retry_later(*, operation_id: Any, worker: str, error: dict[str, An
     )
 
 
+def operation_wait(*, operation_id: Any, worker: str, log: list[dict[str, Any]],
+                   delay_seconds: float) -> None:
+    """running -> queued to wait for a place (a Proxmox task limit): due again after
+    `delay_seconds`, and the claim that comes back does not count as another attempt."""
+    operation_transition(
+        operation_id=operation_id, expected=O.RUNNING, to=O.QUEUED, condition=held_by(worker),
+        fields={"log": log, "worker": "", "lease_expires_at": None,
+                "attempt": F("attempt") - 1, "next_attempt_at": db_after(delay_seconds),
+                "enqueued_at": Now()},
+    )
+
+
 def operation_succeed(*, operation_id: Any, worker: str, log: list[dict[str, Any]]) -> None:
     operation_transition(operation_id=operation_id, expected=O.RUNNING, to=O.SUCCEEDED,
                          condition=held_by(worker),

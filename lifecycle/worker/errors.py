@@ -12,3 +12,12 @@ class StepError(ExternalError):
 
 class LeaseLost(Exception):
     """Another worker owns the operation now; stop without further side effects."""
+
+
+class WaitForSlot(Exception):
+    """Every place for this kind of Proxmox task on the node is taken: the operation is queued
+    again (not a failure, not an attempt) and looks again shortly."""
+
+    def __init__(self, *, node: str, kind: str, limit: int) -> None:
+        super().__init__(f"waiting for a free {kind} place on {node} (all {limit} in use)")
+        self.node, self.kind, self.limit = node, kind, limit

@@ -43,10 +43,12 @@ from ..statemachines.operation import (
     operation_errored,
     operation_fail,
     operation_retry_later,
+    operation_wait,
 )
 from .context import OperationContext
 from .steps.status import announce_failure
-from .errors import LeaseLost, StepError
+from ..services.node_slots import node_slot_release
+from .errors import LeaseLost, StepError, WaitForSlot
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class Outcome(StrEnum):
     ERRORED = "errored"
     LEASE_LOST = "lease-lost"
     NOT_CLAIMED = "not-claimed"
+    WAITING = "waiting"
 
 
 def worker_identity() -> str:
@@ -108,9 +111,25 @@ def _retry_later(ctx: OperationContext, err: BaseException) -> None:
     operation_enqueue(operation_id=ctx.operation_id, countdown=delay)
 
 
+def _wait_for_slot(ctx: OperationContext, wait: WaitForSlot) -> None:
+    """Queue the operation again to look for a place shortly; no worker waits meanwhile. The
+    log says so once per wait, not at every look."""
+    delay = settings.PROXMOX_SLOT_WAIT_SECONDS
+    message = f"{wait}; looking again every {delay:g}s"
+    if not ctx.log or ctx.log[-1].get("msg") != message:
+        ctx.note(message)
+    try:
+        operation_wait(operation_id=ctx.operation_id, worker=ctx.worker, log=ctx.log,
+                       delay_seconds=delay)
+    except TransitionConflict:
+        return  # someone else owns it now
+    operation_enqueue(operation_id=ctx.operation_id, countdown=delay)
+
+
 def _end(ctx: OperationContext, err: BaseException, transition: Callable[..., None],
          on_failure: Callable | None) -> None:
     """End the operation for good (failed or errored) and let the flow settle the server."""
+    node_slot_release(holder=str(ctx.operation_id))
     error = error_json(err)
     ctx.note(f"{transition.__name__.removeprefix('operation_')}: {error['message']}")
     with transaction.atomic():
@@ -136,10 +155,14 @@ def operation_run(*, operation_id: Any) -> str:
         if ctx.attempt > settings.OPERATION_MAX_ATTEMPTS:
             raise StepError(f"gave up after {ctx.attempt - 1} attempts", kind="attempts_exhausted")
         flow.run(ctx)
+        node_slot_release(holder=str(ctx.operation_id))
         return Outcome.SUCCEEDED
     except LeaseLost as exc:
         logger.warning("operation %s: %s; stopping without further changes", operation_id, exc)
         return Outcome.LEASE_LOST
+    except WaitForSlot as wait:
+        _wait_for_slot(ctx, wait)
+        return Outcome.WAITING
     except ExternalError as err:
         if err.retryable and not last_try:
             _retry_later(ctx, err)

@@ -33,7 +33,7 @@ from core.errors import ExternalError
 from core.ownership import container_tags, owners_from_tags
 from notifications.services import alert_resolve, notify_warning
 
-from ..choices import BackupState
+from ..choices import BackupState, NodeTaskKind
 from ..choices import InstanceStatus as S
 from ..clients.agent import AgentClient, AgentError
 from ..clients.proxmox import ProxmoxClient, PveErrorKind, bool01, parse_tags
@@ -41,6 +41,7 @@ from ..firewall import enabled as firewall_enabled
 from ..models import Allocation, Backup, ContainerInstance
 from ..services.allocations import allocation_claim_spares, allocation_release_role
 from ..services.firewall import Target, firewall_apply
+from ..services.node_slots import node_slot_acquire, node_slot_release
 from .steps.backups import held_credentials
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,10 @@ def backup_verify_one(backup: Backup, pve: ProxmoxClient) -> str:
         _clean_up(pve, inst, node)  # a check that died halfway left its scratch container
         vmid, ip = allocation_claim_spares(instance_id=inst.id, node_id=inst.node_id, role=ROLE)
         seen.update(vmid=vmid, ip=ip, node=node)
+        holder = f"verify:{backup.id}"
+        if not node_slot_acquire(node=node, kind=NodeTaskKind.RESTORE, holder=holder,
+                                 ttl_seconds=settings.PROXMOX_TASK_TIMEOUT + 120):
+            raise NotCarriedOut(f"every restore place on {node} is in use; checked later")
         try:
             _task(pve, pve.ct_create(node, vmid, **_scratch_params(inst, backup, ip)),
                   f"restore {backup.volid} into CT {vmid}")
@@ -174,6 +179,8 @@ def backup_verify_one(backup: Backup, pve: ProxmoxClient) -> str:
                 raise
             seen["error"] = f"the archive could not be restored: {err.message}"[:500]
             state = "failed"
+        finally:
+            node_slot_release(holder=holder)
         if state != "failed":
             if firewall_enabled():
                 target = Target(server_id=inst.id, kind=inst.kind, ports={}, node=node,

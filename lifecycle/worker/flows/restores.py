@@ -30,7 +30,7 @@ from django.db import transaction
 from core.errors import ExternalError
 from notifications.services import alert_resolve, notify_lifecycle
 
-from ...choices import BackupKind, BackupState
+from ...choices import BackupKind, BackupState, NodeTaskKind
 from ...choices import InstanceStatus as S
 from ...clients.proxmox import ProxmoxClient, PveErrorKind
 from ...models import Backup, ContainerInstance
@@ -52,6 +52,7 @@ from ..steps.proxmox import (
     container_start,
     is_ours,
     proxmox,
+    node_task_slot,
     run_task,
     settled_config,
 )
@@ -67,8 +68,9 @@ def _restore_into(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInst
     cfg = settled_config(ctx, pve, node, vmid)
     if cfg is None:
         params = {**container_params(inst), "ostemplate": backup.volid, "restore": 1}
-        run_task(ctx, pve, lambda: pve.ct_create(node, vmid, **params),
-                 what=f"restore {backup.volid} into CT {vmid}", done=())
+        with node_task_slot(ctx, node, NodeTaskKind.RESTORE):
+            run_task(ctx, pve, lambda: pve.ct_create(node, vmid, **params),
+                     what=f"restore {backup.volid} into CT {vmid}", done=())
         cfg = settled_config(ctx, pve, node, vmid)
         if cfg is None:
             raise StepError(f"CT {vmid} vanished right after its restore", retryable=True,
@@ -96,8 +98,9 @@ def _destroy(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInstance,
     if not is_ours(cfg, inst):
         ctx.note(f"VMID {vmid} holds a guest that is not ours; left alone")
         return
-    run_task(ctx, pve, lambda: pve.ct_stop(node, vmid), what=f"stop CT {vmid}",
-             done=(PveErrorKind.NOT_RUNNING, PveErrorKind.NOT_FOUND))
+    with node_task_slot(ctx, node, NodeTaskKind.STOP):
+        run_task(ctx, pve, lambda: pve.ct_stop(node, vmid), what=f"stop CT {vmid}",
+                 done=(PveErrorKind.NOT_RUNNING, PveErrorKind.NOT_FOUND))
     run_task(ctx, pve, lambda: pve.ct_destroy(node, vmid), what=f"destroy CT {vmid}",
              done=(PveErrorKind.NOT_FOUND,))
     ctx.note(f"CT {vmid} destroyed on {node}")

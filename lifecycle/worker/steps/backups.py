@@ -20,7 +20,7 @@ from django.db.models.functions import Now
 
 from core.clock import db_after
 
-from ...choices import BackupState
+from ...choices import BackupState, NodeTaskKind
 from ...choices import InstanceStatus as S
 from ...clients.agent import AgentError
 from ...clients.proxmox import ProxmoxClient, ProxmoxError, PveErrorKind
@@ -30,7 +30,7 @@ from ..context import OperationContext
 from ..errors import StepError
 from . import Step
 from .agent import agent_for
-from .proxmox import container_power
+from .proxmox import container_power, node_task_slot
 
 #: Margin on top of the vzdump timeout before the agent turns saving on by itself.
 FLUSH_HOLD_MARGIN = 120
@@ -142,13 +142,16 @@ def archive_step(ctx: OperationContext, pve: ProxmoxClient, backup: Backup,
     archive = the_archive(ctx, pve, backup)
     flushed = backup.flushed
     if archive is None:
-        agent, flushed = _flush(ctx, inst)
-        Backup.objects.filter(pk=backup.pk).update(flushed=flushed,
-                                                   agent_secrets=_held_secrets(inst))
-        try:
-            _vzdump(ctx, pve, backup)
-        finally:
-            _resume(ctx, agent)
+        # The node's backup place first: the world is not flushed for a backup that waits.
+        with node_task_slot(ctx, inst.node.name, NodeTaskKind.BACKUP,
+                            ttl=settings.BACKUP_TASK_TIMEOUT_SECONDS + 120):
+            agent, flushed = _flush(ctx, inst)
+            Backup.objects.filter(pk=backup.pk).update(flushed=flushed,
+                                                       agent_secrets=_held_secrets(inst))
+            try:
+                _vzdump(ctx, pve, backup)
+            finally:
+                _resume(ctx, agent)
         archive = the_archive(ctx, pve, backup)
         if archive is None:
             raise StepError(f"vzdump finished, but no archive in {backup.storage} carries "

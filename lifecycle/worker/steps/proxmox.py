@@ -9,7 +9,8 @@ the server is released while a container carrying its tag exists anywhere
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
@@ -25,13 +26,15 @@ from ...clients.proxmox import (
     bool01,
     parse_tags,
 )
+from ...choices import NodeTaskKind
 from ...firewall import enabled as firewall_enabled
 from ...models import ContainerInstance
 from ...services.adoption import container_description
 from ...services.allocations import allocation_replace_vmid
 from ...services.moves import UnknownNode, server_record_move
+from ...services.node_slots import node_slot_acquire, node_slot_limit, node_slot_release
 from ..context import OperationContext
-from ..errors import StepError
+from ..errors import LeaseLost, StepError, WaitForSlot
 from . import Step
 from .agent import ask_game_to_stop
 
@@ -190,6 +193,35 @@ def _config_anywhere(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerI
     return inst, found.where, cfg
 
 
+def _create(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInstance, node: str,
+            vmid: int, extra: dict[str, Any] | None) -> tuple[ContainerInstance, str, dict]:
+    """Create CT `vmid` and wait for it; (row, node, config read back)."""
+    try:
+        upid = pve.ct_create(node, vmid, **{**container_params(inst), **(extra or {})})
+    except ProxmoxError as err:
+        if err.kind != PveErrorKind.ALREADY_EXISTS:
+            raise
+        # Re-read, never assume: ours from an earlier attempt, someone else's here, or a
+        # container that appeared on another node meanwhile.
+        inst, _where, cfg = _config_anywhere(ctx, pve, inst)
+        if cfg is None:
+            raise StepError(f"{err.message}; not visible cluster-wide yet",
+                            retryable=True, kind="already_exists") from err
+        return inst, inst.node.name, cfg
+    ctx.note(f"creating CT {vmid} on {node}")
+    result = pve.task_wait(upid, timeout=settings.PROXMOX_TASK_TIMEOUT, on_tick=ctx.renew)
+    if not result.ok:
+        err = pve.task_error(result, f"create CT {vmid}")
+        if err.kind != PveErrorKind.ALREADY_EXISTS:
+            raise err
+    # Re-read, never assume: a lost race leaves someone else's container here.
+    cfg = settled_config(ctx, pve, node, vmid)
+    if cfg is None:
+        raise StepError(f"CT {vmid} vanished right after its create task",
+                        retryable=True, kind="vanished")
+    return inst, node, cfg
+
+
 def ensure_container(ctx: OperationContext, pve: ProxmoxClient, *,
                      extra: dict[str, Any] | None = None) -> ContainerInstance:
     """Make sure our container exists: adopt it (our tag, on whichever node it is now), create
@@ -200,31 +232,9 @@ def ensure_container(ctx: OperationContext, pve: ProxmoxClient, *,
         inst, _where, cfg = _config_anywhere(ctx, pve, ctx.instance())
         node, vmid = inst.node.name, inst.vmid
         if cfg is None:
-            try:
-                upid = pve.ct_create(node, vmid, **{**container_params(inst), **(extra or {})})
-            except ProxmoxError as err:
-                if err.kind != PveErrorKind.ALREADY_EXISTS:
-                    raise
-                # Re-read, never assume: ours from an earlier attempt, someone else's here,
-                # or a container that appeared on another node meanwhile.
-                inst, _where, cfg = _config_anywhere(ctx, pve, inst)
-                if cfg is None:
-                    raise StepError(f"{err.message}; not visible cluster-wide yet",
-                                    retryable=True, kind="already_exists") from err
-                node = inst.node.name
-            else:
-                ctx.note(f"creating CT {vmid} on {node}")
-                result = pve.task_wait(upid, timeout=settings.PROXMOX_TASK_TIMEOUT,
-                                       on_tick=ctx.renew)
-                if not result.ok:
-                    err = pve.task_error(result, f"create CT {vmid}")
-                    if err.kind != PveErrorKind.ALREADY_EXISTS:
-                        raise err
-                # Re-read, never assume: a lost race leaves someone else's container here.
-                cfg = settled_config(ctx, pve, node, vmid)
-                if cfg is None:
-                    raise StepError(f"CT {vmid} vanished right after its create task",
-                                    retryable=True, kind="vanished")
+            kind = NodeTaskKind.RESTORE if (extra or {}).get("restore") else NodeTaskKind.CREATE
+            with node_task_slot(ctx, node, kind):
+                inst, node, cfg = _create(ctx, pve, inst, node, vmid, extra)
         if is_ours(cfg, inst):
             ctx.checkpoint(Step.CONTAINER, f"CT {vmid} on {node} is ours")
             return inst
@@ -233,6 +243,27 @@ def ensure_container(ctx: OperationContext, pve: ProxmoxClient, *,
         ctx.note(f"VMID {vmid} holds a container that is not ours; moved to VMID {new_vmid}")
     raise StepError(f"no usable VMID after {MAX_VMID_ATTEMPTS} tries (foreign containers)",
                     kind="vmid_conflict")
+
+
+@contextmanager
+def node_task_slot(ctx: OperationContext, node: str, kind: str, *,
+                   ttl: float | None = None) -> Iterator[None]:
+    """Hold one of the node's places for a Proxmox task of `kind` for the block
+    (`services.node_slots`); WaitForSlot when all are taken (the runner queues the operation
+    again, no worker waits). A lost lease keeps the place: the operation's new owner has it."""
+    holder = str(ctx.operation_id)
+    ttl = ttl or (settings.PROXMOX_TASK_TIMEOUT + settings.CONTAINER_SHUTDOWN_TIMEOUT + 120)
+    if not node_slot_acquire(node=node, kind=kind, holder=holder, ttl_seconds=ttl):
+        raise WaitForSlot(node=node, kind=kind, limit=node_slot_limit(kind))
+    keep = False
+    try:
+        yield
+    except LeaseLost:
+        keep = True
+        raise
+    finally:
+        if not keep:
+            node_slot_release(holder=holder, node=node, kind=kind)
 
 
 def run_task(ctx: OperationContext, pve: ProxmoxClient, start: Callable[[], str], *, what: str,
@@ -279,8 +310,9 @@ def container_start(ctx: OperationContext, pve: ProxmoxClient,
     if power == PowerState.RUNNING:
         return inst
     node, vmid = inst.node.name, inst.vmid
-    run_task(ctx, pve, lambda: pve.ct_start(node, vmid),
-             what=f"start CT {vmid}", done=(PveErrorKind.ALREADY_RUNNING,))
+    with node_task_slot(ctx, node, NodeTaskKind.START):
+        run_task(ctx, pve, lambda: pve.ct_start(node, vmid),
+                 what=f"start CT {vmid}", done=(PveErrorKind.ALREADY_RUNNING,))
     ctx.note(f"CT {vmid} started")
     return inst
 
@@ -297,6 +329,13 @@ def container_stop(ctx: OperationContext, pve: ProxmoxClient,
     if power != PowerState.RUNNING:
         return inst
     ask_game_to_stop(ctx, inst)
+    with node_task_slot(ctx, inst.node.name, NodeTaskKind.STOP):
+        return _shut_down(ctx, pve, inst)
+
+
+def _shut_down(ctx: OperationContext, pve: ProxmoxClient,
+               inst: ContainerInstance) -> ContainerInstance:
+    """Shut the container down cleanly, hard if that does not finish in time."""
     node, vmid = inst.node.name, inst.vmid
     try:
         upid = pve.ct_shutdown(node, vmid, timeout=settings.CONTAINER_SHUTDOWN_TIMEOUT)
@@ -332,8 +371,9 @@ def container_destroy(ctx: OperationContext, pve: ProxmoxClient,
         ctx.note(f"VMID {vmid} holds a guest that is not ours; left alone")
         return inst
     if (pve.ct_status(node, vmid) or {}).get("status") == PowerState.RUNNING:
-        run_task(ctx, pve, lambda: pve.ct_stop(node, vmid), what=f"stop CT {vmid}",
-                 done=_GONE_OR_STOPPED)
+        with node_task_slot(ctx, node, NodeTaskKind.STOP):
+            run_task(ctx, pve, lambda: pve.ct_stop(node, vmid), what=f"stop CT {vmid}",
+                     done=_GONE_OR_STOPPED)
     if run_task(ctx, pve, lambda: pve.ct_destroy(node, vmid), what=f"destroy CT {vmid}",
                 done=(PveErrorKind.NOT_FOUND,)):
         ctx.note(f"CT {vmid} destroyed on {node}")

@@ -1,0 +1,52 @@
+"""Bounded pressure on Proxmox (issue 17, item 2): a burst of creates against two worker
+processes never puts more tasks of a kind on a node at once than its limit, also when Redis is
+wiped in the middle; waiting operations say so in their log and hold no worker."""
+from __future__ import annotations
+
+import pytest
+
+from lifecycle.models import ContainerInstance, NodeTaskSlot, Operation
+from lifecycle.services.servers import server_create
+from tests.support import broker
+from tests.support.platform import game_body
+from tests.support.stack import wait_status
+from tests.support.waiting import wait_until
+from tests.support.workers import start_worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LIMITS = {"PROXMOX_NODE_LIMIT_CREATE": "2", "PROXMOX_NODE_LIMIT_START": "2",
+          "PROXMOX_SLOT_WAIT_SECONDS": "0.2"}
+
+
+def test_a_burst_never_exceeds_the_per_node_limit_across_workers_and_a_flushall(
+        stack, worker_env, owner, settings, tmp_path):
+    for key, value in LIMITS.items():
+        setattr(settings, key, type(getattr(settings, key))(value))
+    stack.pve("POST", "/_sim/time-scale", json={"scale": 0.1})  # a create takes 0.4 s
+    workers = [start_worker(worker_env(**LIMITS), tmp_path, name=f"w{i}",
+                            concurrency=4) for i in range(2)]
+    try:
+        stack.pve("DELETE", "/_sim/task-peaks")
+        servers = [server_create(owner=owner.user, data=game_body(f"burst{i:02d}")).instance
+                   for i in range(16)]
+        wait_until(lambda: ContainerInstance.objects.filter(status="running").count() >= 3,
+                   timeout=60, what="the first servers")
+        broker.flush()  # every message in flight is lost; the sweeper sends them again
+        for inst in servers:
+            wait_status(inst.id, "running", timeout=120, sweep=True)
+    finally:
+        for w in workers:
+            w.stop()
+    peaks = stack.pve("GET", "/_sim/task-peaks")
+    creates = {k: v["peak"] for k, v in peaks.items() if k.endswith("/vzcreate")}
+    starts = {k: v["peak"] for k, v in peaks.items() if k.endswith("/vzstart")}
+    assert creates and max(creates.values()) <= 2, peaks
+    assert max(starts.values(), default=0) <= 2, peaks
+    assert max(creates.values()) == 2, peaks  # the limit was reached: there was contention
+    waited = [op for op in Operation.objects.filter(kind="provision")
+              if any("waiting for a free create place" in e["msg"] for e in op.log)]
+    assert waited, "no provision ever waited for a place"
+    assert all(op.state == "succeeded" and op.attempt <= 2 for op in waited), [
+        (op.state, op.attempt) for op in waited]
+    assert not NodeTaskSlot.objects.exclude(holder="").exists()  # every place given back
