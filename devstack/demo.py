@@ -350,11 +350,13 @@ class Processes:
                                 capture_output=True, timeout=600, **self._popen_options())
         return result.stdout
 
-    def start(self, name: str, argv: list[str]) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
+        options = self._popen_options()
+        if env:
+            options["env"] = {**options["env"], **env}
         with open(LOGS / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                    **self._popen_options())
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **options)
         self.procs.append((name, proc))
         if self.on_start:
             self.on_start(name, proc)
@@ -435,7 +437,7 @@ def main() -> int:
     if sys.argv[1:2] == ["--guard"]:
         return guard(sys.argv[2], sys.argv[3])
     die_with_parent()  # make (or the shell) killed: the demo stops, and with it everything
-    from zlh.celery import QUEUES  # one worker per queue, as deployed
+    from zlh.celery import QUEUES, WORKER_ENV, WORKER_POOLS  # one worker per queue, as deployed
 
     port = int(os.environ.get("API_PORT", "8000"))
     samples = int(os.environ.get("DEMO_SAMPLES", "3"))
@@ -525,9 +527,11 @@ def main() -> int:
         procs.start("api", [PY, "-m", "gunicorn", "zlh.wsgi", "--bind", f"127.0.0.1:{port}",
                             "--workers", "2", "--timeout", "60"])
         for queue in QUEUES:
+            pool, concurrency = WORKER_POOLS[queue]
             procs.start(f"worker-{queue}", [
-                PY, "-m", "celery", "-A", "zlh", "worker", "-Q", queue, "--concurrency", "2",
-                "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO"])
+                PY, "-m", "celery", "-A", "zlh", "worker", "-Q", queue, "-P", pool,
+                "--concurrency", str(concurrency), "-n", f"{queue}@%h", "--without-gossip",
+                "--without-mingle", "--loglevel", "INFO"], env=WORKER_ENV.get(queue))
         procs.start("beat", [PY, "-m", "celery", "-A", "zlh", "beat", "--loglevel", "INFO"])
         wait_ready(base, procs)
 

@@ -19,6 +19,22 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "zlh.settings")
 #: The worker queues: one per kind of work, so a slow kind cannot starve another.
 QUEUES = ("lifecycle", "repair", "edge", "notify")
 
+#: How each queue's worker runs, as deployed (deploy/Procfile, deploy/compose.yaml, the systemd
+#: units with deploy/systemd/worker-<queue>.env, `make demo`; a test keeps them in step): pool
+#: and concurrency. A lifecycle task spends its time waiting on Proxmox and the agents (a
+#: provision holds its task for minutes), so that queue runs many threads in one process: a
+#: waiting operation costs a thread, not a process. Each thread has its own database
+#: connection, closed after every task there (DB_CONN_MAX_AGE=0), so idle threads hold none.
+#: The other queues' tasks are short and few.
+WORKER_POOLS: dict[str, tuple[str, int]] = {
+    "lifecycle": ("threads", 32),
+    "repair": ("prefork", 2),
+    "edge": ("prefork", 2),
+    "notify": ("prefork", 2),
+}
+#: The environment a queue's worker runs with, on top of the deployment's.
+WORKER_ENV: dict[str, dict[str, str]] = {"lifecycle": {"DB_CONN_MAX_AGE": "0"}}
+
 #: Every task and the queue it runs on (a test checks both directions against the registry).
 TASK_QUEUES: dict[str, str] = {
     "lifecycle.execute_operation": "lifecycle",

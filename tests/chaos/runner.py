@@ -27,6 +27,7 @@ from tests.support import broker
 from tests.support.platform import game_body
 from tests.support.waiting import wait_until
 from tests.support.workers import start_beat, start_worker
+from zlh.celery import WORKER_POOLS
 
 EXPECTED_STATUS = {"running": "running", "stopped": "stopped", "deleted": "deleted",
                    "purged": "purged"}
@@ -86,11 +87,16 @@ class ChaosRun:
     # --- processes ----------------------------------------------------------------------------
     def start(self) -> None:
         env = self.env()
-        self.workers = [start_worker(env, self.tmp_path, name=f"chaos-l{i}", concurrency=2,
-                                     queues="lifecycle") for i in range(2)]
+        self.workers = [self._lifecycle_worker(env, f"chaos-l{i}") for i in range(2)]
         self.workers.append(start_worker(env, self.tmp_path, name="chaos-side", concurrency=3,
                                          queues="repair,edge,notify"))
         self.beats = [start_beat(env, self.tmp_path, name=f"chaos-beat{i}") for i in range(2)]
+
+    def _lifecycle_worker(self, env, name):
+        """As deployed (zlh.celery.WORKER_POOLS): many threads in one process."""
+        pool, concurrency = WORKER_POOLS["lifecycle"]
+        return start_worker(env, self.tmp_path, name=name, concurrency=concurrency,
+                            queues="lifecycle", pool=pool)
 
     def stop(self) -> None:
         for proc in self.workers + self.beats:
@@ -174,9 +180,8 @@ class ChaosRun:
         if kind == "kill_worker":
             index = int(param * 2)
             self.workers[index].kill()
-            self.workers[index] = start_worker(self.env(), self.tmp_path,
-                                               name=f"chaos-l{index}-{self.faults[kind]}",
-                                               concurrency=2, queues="lifecycle")
+            self.workers[index] = self._lifecycle_worker(
+                self.env(), f"chaos-l{index}-{self.faults[kind]}")
         elif kind == "flushall":
             broker.client().flushall()
         elif kind == "pve_500":
@@ -401,6 +406,18 @@ class ChaosRun:
                    velocity ^ {i.slug for i in running_game.values()})
 
         self.verify_backups(containers)
+
+        # Never more Proxmox tasks of a kind at once on a node than its limit (the deployed
+        # limits: create 4, start and stop 8, backup and restore 2 per node).
+        from lifecycle.services.node_slots import node_slot_limit
+        kinds = {"vzcreate": "create", "vzrestore": "restore", "vzstart": "start",
+                 "vzshutdown": "stop", "vzstop": "stop", "vzdump": "backup"}
+        peaks = {key: v["peak"] for key, v in self.stack.pve("GET", "/_sim/task-peaks").items()}
+        over = {key: peak for key, peak in peaks.items()
+                if key.split("/")[1] in kinds
+                and peak > (node_slot_limit(kinds[key.split("/")[1]]) or peak)}
+        self.check("never more Proxmox tasks at once per node than the limit", not over,
+                   {"over": over, "peaks": peaks})
 
         from reconciler.doctor import doctor_report
         report = doctor_report()

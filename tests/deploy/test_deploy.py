@@ -288,3 +288,36 @@ def test_systemd_units_verify(tmp_path):
                 if "zlh" in line and "Failed to" not in line.split(":", 1)[0]]
     assert result.returncode == 0, result.stdout + result.stderr
     assert problems == [], problems
+
+
+def test_every_deployment_runs_each_queue_with_the_declared_pool():
+    """Procfile, compose, the systemd units and `make demo` run each queue's worker with the
+    pool, concurrency and environment of zlh.celery.WORKER_POOLS / WORKER_ENV."""
+    from zlh.celery import WORKER_ENV, WORKER_POOLS
+
+    procfile = (REPO / "deploy" / "Procfile").read_text().splitlines()
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]
+    unit = (REPO / "deploy" / "systemd" / "zlh-worker@.service").read_text()
+    assert "Environment=ZLH_WORKER_POOL=prefork" in unit
+    assert "Environment=ZLH_WORKER_CONCURRENCY=2" in unit
+    assert "-P ${ZLH_WORKER_POOL} -c ${ZLH_WORKER_CONCURRENCY}" in unit
+    assert "EnvironmentFile=-/etc/zlh/worker-%i.env" in unit
+    demo = (REPO / "devstack" / "demo.py").read_text()
+    assert "WORKER_POOLS[queue]" in demo and "env=WORKER_ENV.get(queue)" in demo
+    for queue, (pool, concurrency) in WORKER_POOLS.items():
+        env = WORKER_ENV.get(queue, {})
+        line = next(ln for ln in procfile if ln.startswith(f"worker-{queue}:"))
+        assert f"-P {pool} " in line, line
+        assert re.search(rf"-c (\$\{{\w+:-)?{concurrency}\b", line), line
+        assert all(f"{k}={v}" in line for k, v in env.items()), line
+        cmd = compose[f"worker-{queue}"]["command"]
+        assert cmd[cmd.index("-P") + 1] == pool and cmd[cmd.index("-c") + 1] == str(concurrency)
+        assert compose[f"worker-{queue}"].get("environment", {}) == env
+        envfile = REPO / "deploy" / "systemd" / f"worker-{queue}.env"
+        if (pool, concurrency) == ("prefork", 2) and not env:
+            assert not envfile.exists(), envfile
+            continue
+        values = dict(ln.split("=", 1) for ln in envfile.read_text().splitlines()
+                      if ln and not ln.startswith("#"))
+        assert values == {"ZLH_WORKER_POOL": pool, "ZLH_WORKER_CONCURRENCY": str(concurrency),
+                          **env}, values

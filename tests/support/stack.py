@@ -49,6 +49,8 @@ FAST = {
     "BACKUP_SCHEDULED": "0",
     "BACKUP_VERIFY": "0",
     "BACKUP_DELETE_RETRY_SECONDS": "5",
+    # An operation waiting for a Proxmox task place looks again this often.
+    "PROXMOX_SLOT_WAIT_SECONDS": "0.2",
 }
 
 

@@ -59,10 +59,12 @@ class CeleryProcess:
 
 
 def start_worker(env: dict[str, str], log_dir: Path, *, name: str = "w1", concurrency: int = 2,
-                 queues: str = QUEUES) -> CeleryProcess:
-    argv = [sys.executable, "-m", "celery", "-A", "zlh", "worker", "-Q", queues,
+                 queues: str = QUEUES, pool: str = "prefork") -> CeleryProcess:
+    argv = [sys.executable, "-m", "celery", "-A", "zlh", "worker", "-Q", queues, "-P", pool,
             "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
             "--loglevel", "INFO"]
+    if pool == "threads":
+        env = {**env, "DB_CONN_MAX_AGE": "0"}
     return CeleryProcess(argv, env, log_dir / f"worker-{name}.log", "ready.")
 
 
