@@ -27,7 +27,7 @@ QUEUES = ("lifecycle", "repair", "edge", "notify")
 #: connection, closed after every task there (DB_CONN_MAX_AGE=0), so idle threads hold none.
 #: The other queues' tasks are short and few.
 WORKER_POOLS: dict[str, tuple[str, int]] = {
-    "lifecycle": ("threads", 32),
+    "lifecycle": ("threads", 48),
     "repair": ("prefork", 2),
     "edge": ("prefork", 2),
     "notify": ("prefork", 2),

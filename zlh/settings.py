@@ -249,7 +249,7 @@ PROXMOX_TASK_TIMEOUT = env.float("PROXMOX_TASK_TIMEOUT", default=300.0)
 # At most this many Proxmox tasks of each kind at once per node, across every worker and host
 # (lifecycle/services/node_slots.py; 0 = no limit). An operation that finds no free place
 # waits without holding a worker: it is queued again and looks every PROXMOX_SLOT_WAIT_SECONDS.
-PROXMOX_NODE_LIMIT_CREATE = env.int("PROXMOX_NODE_LIMIT_CREATE", default=4)
+PROXMOX_NODE_LIMIT_CREATE = env.int("PROXMOX_NODE_LIMIT_CREATE", default=8)
 PROXMOX_NODE_LIMIT_START = env.int("PROXMOX_NODE_LIMIT_START", default=8)
 PROXMOX_NODE_LIMIT_STOP = env.int("PROXMOX_NODE_LIMIT_STOP", default=8)
 PROXMOX_NODE_LIMIT_BACKUP = env.int("PROXMOX_NODE_LIMIT_BACKUP", default=2)

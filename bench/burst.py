@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""A burst: N creates through the HTTP API at once (a launch day, a node back with its servers),
+against the devstack at a time scale where one provision alone takes a few seconds, with the
+deployed worker layout (zlh.celery.WORKER_POOLS: the lifecycle queue in one threaded process).
+
+Prints the time one provision takes alone, the time until all N run (and the ratio), the
+workers' memory (RSS of every worker process), and the most Proxmox tasks of each kind seen at
+once on each node against the per-node limits.
+
+    .venv/bin/python bench/burst.py [--servers 100] [--time-scale 0.25]
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from harness import REPO, throwaway_database
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", type=int, default=100)
+    parser.add_argument("--time-scale", type=float, default=0.25,
+                        help="devstack time scale (create 4, install 6, boot 3 PVE seconds)")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args()
+    with throwaway_database("burst"):
+        return run(args)
+
+
+def _rss_mb(pid: int) -> float:
+    """RSS of a process and all its descendants, in MB."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(next(ln.split()[1] for ln in status.splitlines()
+                              if ln.startswith("VmRSS:")))
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total / 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args: argparse.Namespace) -> int:
+    import requests
+    from django.conf import settings
+
+    from lifecycle.models import ContainerInstance
+    from lifecycle.services.node_slots import node_slot_limit
+    from tests.support.devstack import Devstack, apply_settings
+    from tests.support.platform import game_body, make_user, seed_platform
+    from tests.support.procs import child_env
+    from tests.support.workers import start_worker
+    from zlh.celery import QUEUES, WORKER_POOLS
+
+    workdir = Path(tempfile.mkdtemp(prefix="burst-"))
+    stack = Devstack(workdir, time_scale=args.time_scale)
+    procs: list = []
+    api = None
+    try:
+        env = {**stack.env, "LOG_LEVEL": "WARNING", "OPERATION_LEASE_SECONDS": "60",
+               "PROXMOX_SLOT_WAIT_SECONDS": "0.5", "BACKUP_SCHEDULED": "0",
+               "BACKUP_VERIFY": "0", "RECONCILER_EXPECT_HEARTBEATS": "0",
+               "AGENT_HEARTBEAT_URL": "http://127.0.0.1:9/api/v1/agents/{server_id}/heartbeat"}
+        apply_settings(settings, env)
+        seed_platform(vmids=(5000, 5000 + args.servers + 99), memory_mb=100_000_000,
+                      ports=(30000, 30000 + args.servers + 99), subnet_prefix=20)
+        user = make_user("burst", max_servers=100_000)
+        pool, concurrency = WORKER_POOLS["lifecycle"]
+        procs.append(start_worker(child_env(**env), workdir, name="lifecycle", pool=pool,
+                                  concurrency=concurrency, queues="lifecycle"))
+        others = [q for q in QUEUES if q != "lifecycle"]
+        side_pool, side_concurrency = WORKER_POOLS[others[0]]
+        procs.append(start_worker(child_env(**env), workdir, name="side", pool=side_pool,
+                                  concurrency=side_concurrency, queues=",".join(others)))
+        port = _free_port()
+        api_log = open(workdir / "api.log", "wb")
+        api = subprocess.Popen([sys.executable, "-m", "gunicorn", "zlh.wsgi", "--bind",
+                                f"127.0.0.1:{port}", "--workers", "3", "--timeout", "60"],
+                               cwd=REPO, env=child_env(**env), stdout=api_log,
+                               stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}/api/v1"
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {user.token}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if http.get(base.replace("/api/v1", "") + "/healthz", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                print("the API did not start")
+                return 1
+            time.sleep(0.2)
+
+        def create(name: str) -> str:
+            resp = http.post(f"{base}/servers", json=game_body(name), timeout=60,
+                             headers={"Idempotency-Key": name})
+            resp.raise_for_status()
+            return resp.json()["id"]
+
+        def wait_running(ids: list[str], peak_rss: list[float]) -> float:
+            started = time.monotonic()
+            while ContainerInstance.objects.filter(pk__in=ids, status="running").count() < len(
+                    ids):
+                peak_rss[0] = max(peak_rss[0], sum(_rss_mb(p.pid) for p in procs))
+                failed = ContainerInstance.objects.filter(pk__in=ids, status="failed").count()
+                if failed or time.monotonic() - started > args.timeout:
+                    raise SystemExit(f"{failed} failed / timed out")
+                time.sleep(0.1)
+            return time.monotonic() - started
+
+        rss = [0.0]
+        t0 = time.monotonic()
+        single_id = create("alone")
+        wait_running([single_id], rss)
+        single = time.monotonic() - t0
+        stack.pve("DELETE", "/_sim/task-peaks")
+        idle_rss = sum(_rss_mb(p.pid) for p in procs)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=args.servers) as pool_:
+            ids = list(pool_.map(create, [f"burst{i:04d}" for i in range(args.servers)]))
+        accepted = time.monotonic() - t0
+        wait_running(ids, rss)
+        everything = time.monotonic() - t0
+        peaks = stack.pve("GET", "/_sim/task-peaks")
+        kinds = {"vzcreate": "create", "vzstart": "start", "vzshutdown": "stop",
+                 "vzstop": "stop", "vzdump": "backup", "vzrestore": "restore"}
+        print(f"burst: {args.servers} creates through the API at once, time scale "
+              f"{args.time_scale}, lifecycle worker {pool} x {concurrency}")
+        print(f"  one provision alone            {single:.1f} s")
+        print(f"  all {args.servers} accepted (202)         {accepted:.1f} s")
+        print(f"  all {args.servers} running              {everything:.1f} s  "
+              f"({everything / single:.2f}x one alone; target <= 3x)")
+        print(f"  worker RSS idle / peak         {idle_rss:.0f} / {rss[0]:.0f} MB "
+              f"(target <= 1024)")
+        over = False
+        for key, value in sorted(peaks.items()):
+            node, ttype = key.split("/")
+            if ttype not in kinds:
+                continue
+            limit = node_slot_limit(kinds[ttype])
+            over |= bool(limit) and value["peak"] > limit
+            print(f"  most {ttype:10} at once on {node}  {value['peak']} (limit {limit})")
+        ok = not over and everything <= 3 * single and rss[0] <= 1024
+        print("  targets met" if ok else "  targets NOT met")
+        return 0 if not over else 1
+    finally:
+        if api is not None:
+            api.terminate()
+            api.wait(timeout=30)
+        for p in procs:
+            p.stop()
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
