@@ -266,9 +266,17 @@ class DevPve(FakePve):
         node = request.match_info["node"]
         if node not in self.nodes:
             return json_response({"error": f"no node {node}"}, 404)
-        offline = bool((await request.json()).get("offline", True))
+        body = await request.json()
+        offline = bool(body.get("offline", True))
         self.set_node_offline(node, offline)
-        return json_response({"node": node, "online": not offline})
+        stopped = []
+        if not offline and body.get("reboot"):
+            # It comes back from a restart: its containers are all stopped (no onboot here).
+            for ct in self.cts:
+                if ct.node == node and ct.status == "running":
+                    ct.status, ct.pid = "stopped", None
+                    stopped.append(ct.vmid)
+        return json_response({"node": node, "online": not offline, "stopped": stopped})
 
     async def _sim_lock(self, request: web.Request) -> web.Response:
         vmid = int(request.match_info["vmid"])

@@ -19,6 +19,9 @@ class FindingType(models.TextChoices):
     UNKNOWN_CONTAINER = "unknown_container", "Container of a server unknown to the database"
     VMID_CONFLICT = "vmid_conflict", "VMID conflict"
     POWER_DRIFT = "power_drift", "Power drift"
+    #: Many servers of one node found stopped although they should run, at once: the node
+    #: restarted (or came back from being offline). One finding, one repair, one message.
+    NODE_SERVERS_DOWN = "node_servers_down", "A node's servers down (node restarted?)"
     STATUS_DRIFT = "status_drift", "Status drift"
     EDGE_DRIFT = "edge_drift", "Edge drift"
     EDGE_ORPHAN = "edge_orphan", "Edge orphan"
@@ -51,6 +54,7 @@ class Action(models.TextChoices):
     RECORD_MOVE = "record_move", "Record the container's new node"
     FIREWALL_APPLY = "firewall_apply", "Apply the container firewall"
     START_CONTAINER = "start_container", "Start container"
+    START_NODE_SERVERS = "start_node_servers", "Start a node's servers again"
     STOP_CONTAINER = "stop_container", "Stop container"
     RECREATE_CONTAINER = "recreate_container", "Recreate container"
     DESTROY_ORPHAN = "destroy_orphan", "Destroy orphan container"
@@ -73,6 +77,8 @@ ACTION_LEVEL = {
     # Our own rules and IP sets put back; nothing else in the firewall is touched.
     Action.FIREWALL_APPLY: 1,
     Action.START_CONTAINER: 1,
+    # Each server through its normal start operation; the node's start limit staggers them.
+    Action.START_NODE_SERVERS: 1,
     Action.STOP_CONTAINER: 1,
     Action.RECREATE_CONTAINER: 2,
     Action.DESTROY_ORPHAN: 2,

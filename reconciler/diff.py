@@ -65,6 +65,30 @@ def diff(world: World) -> list[FindingSpec]:
         _edge_drift(world, out)
         _stale_registrations(world, out)
         _edge_orphans(world, out)
+    return _node_events(out)
+
+
+def _node_events(out: list[FindingSpec]) -> list[FindingSpec]:
+    """Servers of one node that should run, found stopped, RECONCILER_NODE_EVENT_MIN or more at
+    once: the node restarted. They become one finding for the node (one message, one repair
+    that starts them all through their normal start operations, staggered by the node's start
+    limit) instead of one alert and one repair per server."""
+    by_node: dict[str, list[FindingSpec]] = {}
+    for f in out:
+        if f.action == Action.START_CONTAINER and f.details.get("node"):
+            by_node.setdefault(f.details["node"], []).append(f)
+    grouped = {node: fs for node, fs in by_node.items()
+               if len(fs) >= max(2, settings.RECONCILER_NODE_EVENT_MIN)}
+    if not grouped:
+        return out
+    folded = {id(f) for fs in grouped.values() for f in fs}
+    out = [f for f in out if id(f) not in folded]
+    for node, fs in sorted(grouped.items()):
+        out.append(FindingSpec(
+            FindingType.NODE_SERVERS_DOWN, Action.START_NODE_SERVERS, f"node-{node}", None,
+            {"node": node, "slug": f"node {node}", "count": len(fs),
+             "servers": sorted(f.instance_id for f in fs),
+             "names": sorted(f.details.get("slug", "") for f in fs)[:20]}))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,6 +38,7 @@ from lifecycle.choices import (
 )
 from lifecycle.clients.agent import AgentClient, AgentError
 from lifecycle.clients.proxmox import PowerState, ProxmoxClient, parse_tags
+from lifecycle.errors import LifecycleError, TransitionConflict
 from lifecycle.models import ContainerInstance, Operation
 from lifecycle.services.actions import server_request
 from lifecycle.services.audit import Actor
@@ -367,6 +369,54 @@ def start_container(event: RepairEvent, actor: Actor) -> Outcome:
                           found=PowerState.STOPPED, goal=PowerState.RUNNING, believed=S.RUNNING)
 
 
+def start_node_servers(event: RepairEvent, actor: Actor) -> Outcome:
+    """A node's servers that should run were found stopped together (the node restarted):
+    each still in that state gets its normal start operation now, and the node's start limit
+    (PROXMOX_NODE_LIMIT_START) staggers them in the workers, so the node is not flooded and no
+    worker waits for a place. Waits, bounded, for all of them and reports once for the node
+    (a start that fails for good is reported by its operation, as any)."""
+    ids = [str(i) for i in event.before.get("servers") or []]
+    node = event.before.get("node", "")
+    pve = ProxmoxClient.from_settings()
+    listing = {int(r["vmid"]): r for r in pve.cluster_resources() if r.get("type") == "lxc"}
+    ops, skipped = [], []
+    for inst in ContainerInstance.objects.select_related("node").filter(pk__in=ids):
+        ct = listing.get(inst.vmid) or {}
+        if not (str(inst.id) in owners_from_tags(parse_tags(ct.get("tags")))
+                and ct.get("node") == inst.node.name and ct.get("status") == PowerState.STOPPED
+                and inst.status in (S.RUNNING, S.STOPPED)
+                and inst.desired_state == DesiredState.RUNNING
+                and not inst.maintenance_lock and not inst.suspended
+                and _active_op(inst) is None):
+            skipped.append(inst.slug)
+            continue
+        try:
+            with fenced(event.epoch):
+                if inst.status == S.RUNNING:  # say what is true first
+                    instance_transition(instance_id=inst.id, expected=S.RUNNING, to=S.STOPPED,
+                                        actor=actor, action="reconciler:sync_status")
+                ops.append(server_request(instance_id=inst.id, kind=OperationKind.START,
+                                          actor=actor))
+        except (LifecycleError, TransitionConflict) as err:
+            skipped.append(f"{inst.slug} ({err})")
+    if not ops:
+        raise Skip(f"none of the servers of {node} needs a start any more")
+    ids_started = [op.id for op in ops]
+    deadline = time.monotonic() + min(1800.0, 300.0 + 10.0 * len(ops))
+    while time.monotonic() < deadline and Operation.objects.filter(
+            pk__in=ids_started, state__in=ACTIVE_OPERATION_STATES).exists():
+        time.sleep(1.0)
+    states = Counter(Operation.objects.filter(pk__in=ids_started).values_list("state",
+                                                                             flat=True))
+    done = states.get(OperationState.SUCCEEDED, 0)
+    ok = done == len(ops)
+    return Outcome(RepairState.SUCCEEDED if ok else RepairState.FAILED,
+                   reason="" if ok else f"{len(ops) - done} of {len(ops)} starts on {node} "
+                                        f"did not succeed ({dict(states)})",
+                   before={"requested": len(ops), "skipped": skipped[:20]},
+                   after={"node": node, "started": done, "operations": dict(states)})
+
+
 def stop_container(event: RepairEvent, actor: Actor) -> Outcome:
     """Wanted stopped (the user stopped it), found running: a normal, graceful stop."""
     return _enforce_power(event, actor, desired=DesiredState.STOPPED, kind=OperationKind.STOP,
@@ -465,6 +515,7 @@ REPAIRS: dict[str, Callable[[RepairEvent, Actor], Outcome]] = {
     Action.RECORD_MOVE: record_move,
     Action.FIREWALL_APPLY: firewall_apply,
     Action.START_CONTAINER: start_container,
+    Action.START_NODE_SERVERS: start_node_servers,
     Action.STOP_CONTAINER: stop_container,
     Action.RECREATE_CONTAINER: recreate_container,
     Action.DESTROY_ORPHAN: destroy_orphan,

@@ -356,7 +356,10 @@ def repair_run(*, repair_id: int) -> str:
                before=redact(_jsonable({**event.before, **outcome.before})))
     _record_breaker(event, outcome.state, outcome.reason)
     slug = event.before.get("slug", event.subject)
-    if outcome.state == RepairState.SUCCEEDED:
+    if outcome.state == RepairState.SUCCEEDED and event.action == Action.START_NODE_SERVERS:
+        # One message for the node: its finding's alert, resolved once the servers run again.
+        pass
+    elif outcome.state == RepairState.SUCCEEDED:
         notify_info(f"Repaired: {event.action} for {slug}",
                     f"{event.finding_type}; post-check: {outcome.after}")
     elif outcome.state in (RepairState.FAILED, RepairState.ERRORED):

@@ -405,6 +405,9 @@ RECONCILER_DRY_RUN = env.bool("RECONCILER_DRY_RUN", default=False)
 RECONCILER_LEASE_SECONDS = env.float("RECONCILER_LEASE_SECONDS", default=120.0)
 # Mass-drift guard: more repairs than max(MIN, FRACTION * servers) in one cycle -> no repairs.
 RECONCILER_MASS_DRIFT_MIN = env.int("RECONCILER_MASS_DRIFT_MIN", default=10)
+# This many servers of one node found stopped though they should run, in one cycle, are one
+# event for the node (it restarted): one finding, one message, one repair starting them all.
+RECONCILER_NODE_EVENT_MIN = env.int("RECONCILER_NODE_EVENT_MIN", default=3)
 RECONCILER_MASS_DRIFT_FRACTION = env.float("RECONCILER_MASS_DRIFT_FRACTION", default=0.2)
 # Repairs per server per hour before further ones are refused (and escalated).
 RECONCILER_REPAIR_BUDGET_PER_HOUR = env.int("RECONCILER_REPAIR_BUDGET_PER_HOUR", default=3)

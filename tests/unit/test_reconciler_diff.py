@@ -497,3 +497,32 @@ def test_levels_match_the_action_table():
     assert findings, "expected findings"
     for f in findings:
         assert f.level == ACTION_LEVEL[f.action]
+
+
+# --- a node that restarted -----------------------------------------------------------------------
+def _stopped_fleet(n: int, node: str, first_vmid: int) -> tuple[list, list]:
+    rows = [inst(slug=f"s{first_vmid + i}", vmid=first_vmid + i, node__name=node)
+            for i in range(n)]
+    return rows, [ct(r["vmid"], r["id"], status="stopped", node=node) for r in rows]
+
+
+def test_servers_of_one_node_found_stopped_together_are_one_finding_for_the_node(settings):
+    settings.RECONCILER_NODE_EVENT_MIN = 3
+    down, cts_down = _stopped_fleet(4, "pve1", 5000)
+    lone, cts_lone = _stopped_fleet(1, "pve2", 6000)
+    findings = diff(world(down + lone, containers=cts_down + cts_lone))
+    node = only(findings, FindingType.NODE_SERVERS_DOWN)
+    assert node.subject == "node-pve1" and node.action == Action.START_NODE_SERVERS
+    assert node.level == 1 and node.instance_id is None
+    assert node.details["servers"] == sorted(r["id"] for r in down)
+    assert node.details["count"] == 4
+    # One node's few stay findings of their own; nothing of pve1 is reported per server.
+    drift = [f for f in findings if f.finding_type == FindingType.POWER_DRIFT]
+    assert [f.instance_id for f in drift] == [lone[0]["id"]]
+
+
+def test_below_the_threshold_each_server_is_its_own_finding(settings):
+    settings.RECONCILER_NODE_EVENT_MIN = 3
+    down, cts = _stopped_fleet(2, "pve1", 5000)
+    findings = diff(world(down, containers=cts))
+    assert types(findings) == [FindingType.POWER_DRIFT] * 2
