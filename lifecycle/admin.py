@@ -34,6 +34,7 @@ from .models import (
     Backup,
     ContainerInstance,
     Node,
+    NodeTaskSlot,
     Operation,
 )
 from .operation_kinds import SPECS, OperationSpec
@@ -339,6 +340,16 @@ class AllocationAdmin(ReadOnlyAdmin):
     list_filter = ("pool", "state")
     list_select_related = ("pool", "instance")
     search_fields = ("=value", "instance__slug")
+
+
+@admin.register(NodeTaskSlot)
+class NodeTaskSlotAdmin(ReadOnlyAdmin):
+    """The places for Proxmox tasks per node and kind (services/node_slots.py): who holds
+    which, until when. Read-only: a place is given back by its holder or by its deadline."""
+
+    list_display = ("node", "kind", "slot", "holder", "acquired_at", "expires_at")
+    list_filter = ("node", "kind")
+    search_fields = ("holder",)
 
 
 @admin.register(Adoption)

@@ -36,7 +36,7 @@ from django_celery_beat.models import (
 from rest_framework.test import APIClient
 
 from lifecycle.choices import InstanceStatus, OperationKind, OperationState
-from lifecycle.models import Adoption, Backup
+from lifecycle.models import Adoption, Backup, NodeTaskSlot
 from lifecycle.services.accounts import api_token_create
 from lifecycle.services.audit import Actor
 from tests.factories import (
@@ -211,6 +211,9 @@ def seeded(db, admin_user) -> dict[str, Any]:
                 volid=f"pbs:backup/vzdump-lxc-{server.vmid}-2026_01_0{j + 1}-00_00_00.tar.zst"
                 if state == "ready" else None,
                 size_bytes=64 * 1024**2 if state == "ready" else None)
+    # Node task places: two held, one free.
+    for i, holder in enumerate(("op-a", "op-b", "")):
+        NodeTaskSlot.objects.create(node="pve1", kind="create", slot=i, holder=holder)
     # Adoptions: the journal of three servers taken over.
     for i, server in enumerate(servers[:3]):
         Adoption.objects.create(instance=server, vmid=server.vmid, node=server.node.name,
