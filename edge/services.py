@@ -11,6 +11,7 @@ the lifecycle app.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,14 @@ class BulkObservation:
     registrations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+_THREAD = threading.local()
+_EDGE_SETTINGS = (
+    "CLOUDFLARE_API_URL", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_ZONE_ID", "CLOUDFLARE_TIMEOUT",
+    "CLOUDFLARE_PAGE_SIZE", "CLOUDFLARE_MAX_RETRY_WAIT", "TECHNITIUM_URL", "TECHNITIUM_TOKEN",
+    "TECHNITIUM_ZONE", "TECHNITIUM_TIMEOUT", "VELOCITY_BRIDGE_URL", "VELOCITY_BRIDGE_TOKEN",
+    "VELOCITY_TIMEOUT")
+
+
 class EdgeClients:
     """One client per edge system, built from settings."""
 
@@ -109,6 +118,20 @@ class EdgeClients:
         self.velocity = VelocityClient(base_url=settings.VELOCITY_BRIDGE_URL,
                                        token=settings.VELOCITY_BRIDGE_TOKEN,
                                        timeout=settings.VELOCITY_TIMEOUT)
+
+    @classmethod
+    def shared(cls, *, on_wait: Callable[[], None] | None = None) -> "EdgeClients":
+        """This thread's clients for the settings in force, so that a worker's flows reuse
+        their HTTP sessions (connections, TLS) from one operation to the next; per thread, as
+        a session is not to be shared between threads. `on_wait` replaces the previous user's.
+        Their call counters run on: count differences, or build your own EdgeClients."""
+        key = tuple(str(getattr(settings, name)) for name in _EDGE_SETTINGS)
+        held = getattr(_THREAD, "edge", None)
+        if held is None or held[0] != key:
+            held = _THREAD.edge = (key, cls())
+        clients = held[1]
+        clients.cloudflare.on_wait = on_wait
+        return clients
 
     def calls(self) -> dict[str, int]:
         return {"cloudflare": self.cloudflare.calls, "technitium": self.technitium.calls,

@@ -13,6 +13,7 @@ without a status is a retryable `bad_answer`, never a KeyError in a flow or the 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -229,6 +230,9 @@ class TaskResult:
     exitstatus: str
 
 
+_THREAD = threading.local()
+
+
 class ProxmoxClient:
     def __init__(self, *, url: str, token_id: str, token_secret: str, verify_ssl: bool | str,
                  timeout: float) -> None:
@@ -243,6 +247,18 @@ class ProxmoxClient:
         self.api._store["session"].mount("https://", adapter)
         self.api._store["session"].mount("http://", adapter)
         self.calls = 0
+
+    @classmethod
+    def shared(cls) -> "ProxmoxClient":
+        """This thread's client for the settings in force: a worker's flows reuse its HTTP
+        session (connection and TLS) instead of opening one per step. Per thread, since a
+        session is not to be shared between threads."""
+        key = (settings.PROXMOX_URL, settings.PROXMOX_TOKEN_ID, settings.PROXMOX_TOKEN_SECRET,
+               str(settings.PROXMOX_VERIFY_SSL), settings.PROXMOX_TIMEOUT)
+        held = getattr(_THREAD, "proxmox", None)
+        if held is None or held[0] != key:
+            held = _THREAD.proxmox = (key, cls.from_settings())
+        return held[1]
 
     @classmethod
     def from_settings(cls) -> "ProxmoxClient":

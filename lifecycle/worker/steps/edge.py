@@ -30,7 +30,7 @@ def publish_step(ctx: OperationContext, inst: ContainerInstance) -> None:
     if target is None:
         return
     try:
-        report = edge_republish(target, clients=EdgeClients(on_wait=ctx.renew))
+        report = edge_republish(target, clients=EdgeClients.shared(on_wait=ctx.renew))
     except EdgeError as err:
         raise _as_step_error(err, "publishing the edge") from err
     for action in report.actions:
@@ -53,7 +53,7 @@ def unpublish_step(ctx: OperationContext, inst: ContainerInstance) -> None:
     if target is None:
         return
     try:
-        report = edge_unpublish(target)
+        report = edge_unpublish(target, clients=EdgeClients.shared(on_wait=ctx.renew))
     except EdgeError as err:
         raise _as_step_error(err, "removing the edge") from err
     for action in report.actions:
@@ -67,6 +67,6 @@ def velocity_unregister_step(ctx: OperationContext, inst: ContainerInstance) -> 
     if target is None:
         return
     try:
-        velocity_unregister(target)
+        velocity_unregister(target, clients=EdgeClients.shared(on_wait=ctx.renew))
     except EdgeError as err:
         raise _as_step_error(err, "unregistering from Velocity") from err

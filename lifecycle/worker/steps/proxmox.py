@@ -45,7 +45,8 @@ _GONE_OR_STOPPED = (PveErrorKind.NOT_RUNNING, PveErrorKind.NOT_FOUND)
 
 
 def proxmox() -> ProxmoxClient:
-    return ProxmoxClient.from_settings()
+    """The worker thread's Proxmox client (its HTTP session reused from step to step)."""
+    return ProxmoxClient.shared()
 
 
 def container_params(inst: ContainerInstance) -> dict[str, Any]:
