@@ -5,6 +5,7 @@ raises LeaseLost and stops at once.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db.models.functions import Now
+from django.db.models import F, Func, JSONField, Value
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from core.errors import ExternalError
@@ -29,7 +31,23 @@ from .errors import LeaseLost, StepError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Entries an operation's log keeps. Between two whole writes it may hold up to twice as many:
+#: checkpoints append (JsonAppend) and the log is cut back to LOG_LIMIT when it passes that.
 LOG_LIMIT = 60
+
+
+class JsonAppend(Func):
+    """`field`'s JSON array with `entries` appended by the database: a checkpoint sends its new
+    log lines, not the whole log again (JSON_ARRAY_APPEND, MariaDB and MySQL alike)."""
+
+    function = "JSON_ARRAY_APPEND"
+
+    def __init__(self, field: str, entries: list[dict[str, Any]]) -> None:
+        args: list[Any] = [Coalesce(F(field), Value("[]"), output_field=JSONField())]
+        for entry in entries:
+            args += [Value("$"), Func(Value(json.dumps(entry)), Value("$"),
+                                      function="JSON_EXTRACT")]
+        super().__init__(*args, output_field=JSONField())
 
 
 @dataclass
@@ -45,6 +63,12 @@ class OperationContext:
     #: The operation has been retried for longer than OPERATION_RETRY_WINDOW_SECONDS.
     retry_window_over: bool = False
     _renewed_at: float = field(default_factory=time.monotonic)
+    #: How many entries at the start of `log` the database holds (the rest are to be written).
+    _saved: int = -1
+
+    def __post_init__(self) -> None:
+        if self._saved < 0:
+            self._saved = len(self.log)
 
     @property
     def spec(self) -> OperationSpec:
@@ -85,16 +109,30 @@ class OperationContext:
     def note(self, message: str) -> None:
         self.log.append({"at": timezone.now().isoformat(timespec="seconds"),
                          "attempt": self.attempt, "msg": redact_text(message)[:500]})
-        del self.log[:-LOG_LIMIT]
         logger.info("operation %s (%s): %s", self.operation_id, self.kind, message)
 
+    def full_log(self) -> list[dict[str, Any]]:
+        """The log cut to its last LOG_LIMIT entries, for a write of the whole log (the end of
+        an attempt); the database holds all of it afterwards."""
+        del self.log[:-LOG_LIMIT]
+        self._saved = len(self.log)
+        return self.log
+
     def checkpoint(self, step: str, message: str = "") -> None:
-        """Record progress; also renews the lease. LeaseLost if another worker took over."""
+        """Record progress; also renews the lease. LeaseLost if another worker took over.
+
+        Only the log lines written since the last save travel, appended by the database; the
+        whole (cut) log is written once it has grown past twice LOG_LIMIT."""
         self.step = step
         self.note(message or f"step {step}")
-        if not self._guarded().update(step=step, log=self.log, lease_expires_at=lease_expiry(),
+        if len(self.log) > 2 * LOG_LIMIT:
+            log: Any = list(self.full_log())
+        else:
+            log = JsonAppend("log", self.log[self._saved:])
+        if not self._guarded().update(step=step, log=log, lease_expires_at=lease_expiry(),
                                       updated_at=Now()):
             raise LeaseLost(f"operation {self.operation_id}: lease lost at step {step}")
+        self._saved = len(self.log)
         self._renewed_at = time.monotonic()
 
     def remember(self, **values: Any) -> None:
@@ -108,7 +146,8 @@ class OperationContext:
         """Finish the operation; call inside the transaction of the final server transition."""
         self.note("succeeded")
         try:
-            operation_succeed(operation_id=self.operation_id, worker=self.worker, log=self.log)
+            operation_succeed(operation_id=self.operation_id, worker=self.worker,
+                              log=self.full_log())
         except TransitionConflict as exc:
             raise LeaseLost(str(exc)) from exc
 

@@ -51,6 +51,8 @@ from ..services.node_slots import node_slot_release
 from .errors import LeaseLost, StepError, WaitForSlot
 
 logger = logging.getLogger(__name__)
+#: How a claim begins its log line (a look for a free Proxmox task place drops its own).
+CLAIMED = "claimed by"
 
 
 class Outcome(StrEnum):
@@ -85,7 +87,7 @@ def claim(*, operation_id: Any, worker: str | None = None) -> OperationContext |
                            worker=worker, attempt=op.attempt, params=op.params or {},
                            log=list(op.log or []), step=op.step,
                            retry_window_over=bool(op.retry_window_over))
-    ctx.note(f"claimed by {worker} (attempt {op.attempt}"
+    ctx.note(f"{CLAIMED} {worker} (attempt {op.attempt}"
              f"{', after step ' + op.step if op.step else ''})")
     return ctx
 
@@ -105,7 +107,7 @@ def _retry_later(ctx: OperationContext, err: BaseException) -> None:
     ctx.note(f"retryable failure, retrying in {delay:.1f}s: {error_json(err)['message']}")
     try:
         operation_retry_later(operation_id=ctx.operation_id, worker=ctx.worker,
-                              error=error_json(err), log=ctx.log, delay_seconds=delay)
+                              error=error_json(err), log=ctx.full_log(), delay_seconds=delay)
     except TransitionConflict:
         return  # someone else owns it now
     operation_enqueue(operation_id=ctx.operation_id, countdown=delay)
@@ -116,10 +118,13 @@ def _wait_for_slot(ctx: OperationContext, wait: WaitForSlot) -> None:
     log says so once per wait, not at every look."""
     delay = settings.PROXMOX_SLOT_WAIT_SECONDS
     message = f"{wait}; looking again every {delay:g}s"
-    if not ctx.log or ctx.log[-1].get("msg") != message:
+    if (len(ctx.log) >= 2 and ctx.log[-2].get("msg") == message
+            and ctx.log[-1].get("msg", "").startswith(CLAIMED)):
+        ctx.log.pop()  # this look's claim: the log says already that it waits
+    elif not ctx.log or ctx.log[-1].get("msg") != message:
         ctx.note(message)
     try:
-        operation_wait(operation_id=ctx.operation_id, worker=ctx.worker, log=ctx.log,
+        operation_wait(operation_id=ctx.operation_id, worker=ctx.worker, log=ctx.full_log(),
                        delay_seconds=delay)
     except TransitionConflict:
         return  # someone else owns it now
@@ -135,7 +140,7 @@ def _end(ctx: OperationContext, err: BaseException, transition: Callable[..., No
     with transaction.atomic():
         try:
             transition(operation_id=ctx.operation_id, worker=ctx.worker, error=error,
-                       log=ctx.log)
+                       log=ctx.full_log())
         except TransitionConflict:
             return
         if on_failure is not None:

@@ -47,6 +47,13 @@ def test_a_burst_never_exceeds_the_per_node_limit_across_workers_and_a_flushall(
     waited = [op for op in Operation.objects.filter(kind="provision")
               if any("waiting for a free create place" in e["msg"] for e in op.log)]
     assert waited, "no provision ever waited for a place"
+    for op in waited:
+        # Once per wait, however many times it looked: no look's claim between two lines
+        # saying the same wait (which would push the log's history out).
+        msgs = [e["msg"] for e in op.log]
+        assert not any(a == c and b.startswith("claimed by") and "waiting" in a
+                       for a, b, c in zip(msgs, msgs[1:], msgs[2:])), msgs
+        assert not any(a == b and "waiting" in a for a, b in zip(msgs, msgs[1:])), msgs
     assert all(op.state == "succeeded" and op.attempt <= 2 for op in waited), [
         (op.state, op.attempt) for op in waited]
     assert not NodeTaskSlot.objects.exclude(holder="").exists()  # every place given back
