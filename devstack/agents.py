@@ -483,7 +483,7 @@ class AgentFleet:
         not leave the world unsaved for ever)."""
         agent = await self._reach(request)
         try:
-            body = await request.json() if request.can_read_body else {}
+            body = await request.json() if request.body_exists else {}
             hold = float((body or {}).get("holdSeconds", SAVES_OFF_DEFAULT))
         except (ValueError, TypeError, AttributeError):
             return json_response({"error": "holdSeconds must be a number"}, 400)
@@ -528,7 +528,7 @@ class AgentFleet:
     async def sim_world(self, request: web.Request) -> web.Response:
         """Players change the world (a new generation; `seed` replaces the marker)."""
         agent = self._sim_agent(request)
-        body = await request.json() if request.can_read_body else {}
+        body = await request.json() if request.body_exists else {}
         if agent.world is None:
             return json_response({"error": "no world yet"}, 409)
         agent.world = {"seed": str(body.get("seed") or agent.world["seed"]),
@@ -553,7 +553,7 @@ class AgentFleet:
 
     async def sim_crash(self, request: web.Request) -> web.Response:
         agent = self._sim_agent(request)
-        body = await request.json() if request.can_read_body else {}
+        body = await request.json() if request.body_exists else {}
         agent.crash_count += 1
         agent.crash_at = time.time()
         agent.crash_reason = body.get("reason", "java.lang.OutOfMemoryError: Java heap space")
@@ -607,7 +607,7 @@ class AgentFleet:
     async def sim_legacy(self, request: web.Request) -> web.Response:
         """An old agent at this VMID (before or after its container exists)."""
         vmid = int(request.match_info["vmid"])
-        body = await request.json() if request.can_read_body else {}
+        body = await request.json() if request.body_exists else {}
         if body.get("on", True):
             self.legacy.add(vmid)
             agent = self.agents.get(vmid)

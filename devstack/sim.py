@@ -10,12 +10,19 @@ garbage answers (with a status, usually 200) add one of:
 and "headers": {…} sets response headers (e.g. a `retry-after` that is an HTTP-date or 0).
 `DELETE /_sim/faults` clears them; `POST /_sim/reset` empties the stand-in's state. Each
 stand-in adds its own routes beside these.
+
+`POST /_sim/journal` starts a journal of every call, byte for byte (when, method, path as sent,
+headers, body, status and a short answer), `GET /_sim/journal` reads it and `DELETE
+/_sim/journal` ends it: bench/provision_throughput.py replays a control plane's calls with a bare
+client to measure what the control plane adds.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +61,9 @@ class FaultTable:
     #: Every call seen (method, path, status), for call counting in tests and benchmarks.
     calls: list[tuple[str, str, int]] = field(default_factory=list)
     max_calls: int = 200_000
+    #: Every call in full while a journal is on (None: off); bounded by max_journal.
+    journal: list[dict[str, Any]] | None = None
+    max_journal: int = 100_000
 
     def add(self, spec: dict[str, Any]) -> Fault:
         try:
@@ -122,11 +132,33 @@ def fault_middleware(table: FaultTable, *, render: Callable[[Fault], web.Respons
                     response = web.json_response(body, status=fault.status)
                 response.headers.update(fault.headers)
                 return response
+        body = await request.read() if table.journal is not None else b""
+        started = time.time()
         response = await handler(request)
         table.record(request.method, request.path, getattr(response, "status", 0))
+        if table.journal is not None and len(table.journal) < table.max_journal:
+            table.journal.append(_journal_entry(request, body, started, response))
         return response
 
     return middleware
+
+
+#: Request headers a replay does not send again (the client library sets its own).
+_HOP_HEADERS = {"host", "content-length", "connection", "accept-encoding", "user-agent",
+                "accept", "keep-alive"}
+
+
+def _journal_entry(request: web.Request, body: bytes, started: float,
+                   response: web.StreamResponse) -> dict[str, Any]:
+    answer = getattr(response, "body", None)
+    return {"t": started, "method": request.method, "path": request.raw_path,
+            "headers": {k: v for k, v in request.headers.items()
+                        if k.lower() not in _HOP_HEADERS},
+            "body": base64.b64encode(body).decode(),
+            "status": getattr(response, "status", 0),
+            # The answer when short (ids and task UPIDs a replay maps to its own).
+            "answer": answer.decode("utf-8", "replace")
+            if isinstance(answer, bytes) and len(answer) <= 4096 else None}
 
 
 async def _garbage(request: web.Request, fault: Fault) -> web.StreamResponse:
@@ -188,6 +220,20 @@ def add_sim_routes(app: web.Application, table: FaultTable,
         table.calls.clear()
         return json_response({"cleared": True})
 
+    async def post_journal(request: web.Request) -> web.Response:
+        table.journal = []
+        return json_response({"journal": "on"})
+
+    async def get_journal(request: web.Request) -> web.Response:
+        return json_response({"calls": table.journal or []})
+
+    async def delete_journal(request: web.Request) -> web.Response:
+        table.journal = None
+        return json_response({"journal": "off"})
+
+    app.router.add_post("/_sim/journal", post_journal)
+    app.router.add_get("/_sim/journal", get_journal)
+    app.router.add_delete("/_sim/journal", delete_journal)
     app.router.add_post("/_sim/faults", post_fault)
     app.router.add_delete("/_sim/faults", delete_faults)
     app.router.add_get("/_sim/faults", list_faults)

@@ -33,7 +33,7 @@ class TechnitiumStandIn:
 
     async def _params(self, request: web.Request) -> dict[str, str]:
         values = dict(request.query)
-        if request.method == "POST" and request.can_read_body:
+        if request.method == "POST" and request.body_exists:
             values.update({k: str(v) for k, v in (await request.post()).items()})
         return values
 
