@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
                                stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}/api/v1"
         http = requests.Session()
+        # The portal's side: one kept connection per request in flight (not urllib3's 10).
+        http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=args.servers))
         http.headers["Authorization"] = f"Bearer {user.token}"
         deadline = time.monotonic() + 60
         while True:

@@ -25,6 +25,7 @@ BENCHES = [
     ("reconcile_scale", [], ["--sizes", "1000,5000"]),
     ("backup_schedule", [], ["--servers", "200"]),
     ("adopt", [], ["--servers", "200"]),
+    ("burst", [], ["--servers", "30"]),
 ]
 PICK = {
     "create_storm": [("creates per second", r"creates per second\s+([\d.]+)"),
@@ -40,6 +41,8 @@ PICK = {
     "backup_schedule": [("most backups in flight per node", r"in flight per node: (\{.*?\})"),
                         ("Proxmox calls per scheduled backup",
                          r"calls per scheduled backup: ([\d.]+)")],
+    "burst": [("all running / one alone", r"running\s+[\d.]+ s\s+\(([\d.]+)x"),
+              ("worker RSS peak MB", r"RSS idle / peak\s+\d+ / (\d+) MB")],
     "adopt": [("apply seconds", r"^apply: ([\d.]+) s"),
               ("calls per adopted server", r"^calls per adopted server: (.*)$")],
 }
