@@ -36,6 +36,9 @@ class Operation(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     # A retry waits until then (short backoff), instead of a long Celery countdown.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # "<node>/<kind>" while queued to wait for a place for a Proxmox task (node_slots): the
+    # place given back wakes the operation that has waited longest, at once.
+    waiting_for = models.CharField(max_length=80, blank=True, default="", editable=False)
     requested_by = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -60,6 +63,8 @@ class Operation(models.Model):
         indexes = [
             models.Index(fields=("state", "lease_expires_at"), name="operation_state_lease_idx"),
             models.Index(fields=("instance", "created_at"), name="operation_instance_idx"),
+            models.Index(fields=("waiting_for", "state", "created_at"),
+                         name="operation_waiting_idx"),
         ]
 
     def __str__(self) -> str:

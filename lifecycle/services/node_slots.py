@@ -7,17 +7,25 @@ needs nothing from Redis, so a wiped Redis neither loses nor duplicates a place;
 dies holding one gives it up when `expires_at` passes (the bound on its task plus a margin),
 so nothing deadlocks. The holder is the operation: an operation taken over by another worker
 after a crash finds its own place again. The deadline is the database's clock.
+
+An operation that found every place taken is queued again with `waiting_for` = "node/kind" and
+looks again after PROXMOX_SLOT_WAIT_SECONDS; a place given back wakes the one that has waited
+longest at once (made due and sent), so a freed place is not left idle until the next look. A
+woken operation may still lose the place to another taker: it then waits again. A lost wake-up
+(Redis wiped, the sender died) costs only the wait until its own next look.
 """
 from __future__ import annotations
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 
 from core.clock import db_after
 
-from ..choices import NodeTaskKind
-from ..models import NodeTaskSlot
+from ..choices import NodeTaskKind, OperationState
+from ..models import NodeTaskSlot, Operation
+from .operations import operation_enqueue
 
 _LIMITS = {
     NodeTaskKind.CREATE: "PROXMOX_NODE_LIMIT_CREATE",
@@ -75,13 +83,43 @@ def _take(node: str, kind: str, limit: int, holder: str, ttl_seconds: float) -> 
 
 
 def node_slot_release(*, holder: str, node: str | None = None, kind: str | None = None) -> int:
-    """Give back what `holder` holds (of one node and kind, or all)."""
+    """Give back what `holder` holds (of one node and kind, or all), and wake as many waiting
+    operations of each node and kind as places were given back."""
     rows = NodeTaskSlot.objects.filter(holder=holder)
     if node is not None:
         rows = rows.filter(node=node)
     if kind is not None:
         rows = rows.filter(kind=kind)
-    return rows.update(holder="", acquired_at=None, expires_at=None)
+    held = list(rows.values_list("node", "kind"))
+    if not held:
+        return 0
+    released = rows.update(holder="", acquired_at=None, expires_at=None)
+    freed: dict[str, int] = {}
+    for n, k in held:
+        freed[waiting_key(n, k)] = freed.get(waiting_key(n, k), 0) + 1
+    for key, places in freed.items():
+        transaction.on_commit(lambda key=key, places=places: node_slot_wake(key, places))
+    return released
+
+
+def waiting_key(node: str, kind: str) -> str:
+    """What a waiting operation's `waiting_for` holds."""
+    return f"{node}/{kind}"
+
+
+def node_slot_wake(key: str, places: int = 1) -> list[str]:
+    """Make the `places` operations that have waited longest for `key` due now and send them.
+    Conditional on their still waiting: one woken twice (two places given back at once) is sent
+    once. Returns the ids sent."""
+    woken = []
+    # Those not yet due: one that is due is being sent or looked at already.
+    waiting = Operation.objects.filter(waiting_for=key, state=OperationState.QUEUED,
+                                       next_attempt_at__gt=Now())
+    for pk in waiting.order_by("created_at").values_list("pk", flat=True)[:places]:
+        if waiting.filter(pk=pk).update(next_attempt_at=Now()):
+            operation_enqueue(operation_id=pk)
+            woken.append(str(pk))
+    return woken
 
 
 def node_slots_in_use(*, node: str, kind: str) -> int:

@@ -95,7 +95,7 @@ def operation_claim(*, operation_id: Any, worker: str) -> None:
         condition=claimable(),
         fields={"worker": worker, "lease_expires_at": lease_expiry(),
                 "attempt": F("attempt") + 1, "started_at": Coalesce(F("started_at"), Now()),
-                "next_attempt_at": None},
+                "next_attempt_at": None, "waiting_for": ""},
     )
 
 
@@ -111,12 +111,13 @@ def operation_retry_later(*, operation_id: Any, worker: str, error: dict[str, An
 
 
 def operation_wait(*, operation_id: Any, worker: str, log: list[dict[str, Any]],
-                   delay_seconds: float) -> None:
-    """running -> queued to wait for a place (a Proxmox task limit): due again after
-    `delay_seconds`, and the claim that comes back does not count as another attempt."""
+                   delay_seconds: float, waiting_for: str = "") -> None:
+    """running -> queued to wait for a place (a Proxmox task limit, `waiting_for` "node/kind"):
+    due again after `delay_seconds` or when a place is given back, whichever comes first; the
+    claim that comes back does not count as another attempt."""
     operation_transition(
         operation_id=operation_id, expected=O.RUNNING, to=O.QUEUED, condition=held_by(worker),
-        fields={"log": log, "worker": "", "lease_expires_at": None,
+        fields={"log": log, "worker": "", "lease_expires_at": None, "waiting_for": waiting_for,
                 "attempt": F("attempt") - 1, "next_attempt_at": db_after(delay_seconds),
                 "enqueued_at": Now()},
     )

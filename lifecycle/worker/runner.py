@@ -47,7 +47,7 @@ from ..statemachines.operation import (
 )
 from .context import OperationContext
 from .steps.status import announce_failure
-from ..services.node_slots import node_slot_release
+from ..services.node_slots import node_slot_release, waiting_key
 from .errors import LeaseLost, StepError, WaitForSlot
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def _wait_for_slot(ctx: OperationContext, wait: WaitForSlot) -> None:
         ctx.note(message)
     try:
         operation_wait(operation_id=ctx.operation_id, worker=ctx.worker, log=ctx.full_log(),
-                       delay_seconds=delay)
+                       delay_seconds=delay, waiting_for=waiting_key(wait.node, wait.kind))
     except TransitionConflict:
         return  # someone else owns it now
     operation_enqueue(operation_id=ctx.operation_id, countdown=delay)

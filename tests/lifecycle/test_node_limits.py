@@ -57,3 +57,28 @@ def test_a_burst_never_exceeds_the_per_node_limit_across_workers_and_a_flushall(
     assert all(op.state == "succeeded" and op.attempt <= 2 for op in waited), [
         (op.state, op.attempt) for op in waited]
     assert not NodeTaskSlot.objects.exclude(holder="").exists()  # every place given back
+
+
+def test_a_place_given_back_wakes_the_operation_that_waited_longest(
+        stack, worker_env, owner, settings, tmp_path):
+    """With looks a minute apart, waiting operations still start as soon as a place is free:
+    the place given back wakes one of them at once (in the order they came)."""
+    limits = {"PROXMOX_NODE_LIMIT_CREATE": "1", "PROXMOX_SLOT_WAIT_SECONDS": "60"}
+    for key, value in limits.items():
+        setattr(settings, key, type(getattr(settings, key))(value))
+    stack.pve("POST", "/_sim/time-scale", json={"scale": 0.1})  # a create takes 0.4 s
+    worker = start_worker(worker_env(**limits), tmp_path, name="wake", concurrency=6)
+    try:
+        servers = [server_create(owner=owner.user, data=game_body(f"wake{i}")).instance
+                   for i in range(6)]
+        for inst in servers:
+            wait_status(inst.id, "running", timeout=30)  # one look a minute: only wakes do it
+    finally:
+        worker.stop()
+    ops = {op.instance_id: op for op in Operation.objects.filter(kind="provision")}
+    waited = [op for op in ops.values()
+              if any("waiting for a free create place" in e["msg"] for e in op.log)]
+    assert len(waited) >= 2, "six creates over two nodes with one place each: some waited"
+    assert all(op.waiting_for == "" and op.attempt == 1 for op in ops.values())
+    peaks = stack.pve("GET", "/_sim/task-peaks")
+    assert max(v["peak"] for k, v in peaks.items() if k.endswith("/vzcreate")) == 1, peaks
