@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
+import urllib.request
 from typing import Annotated, Any, TypeVar
 
 import pydantic
@@ -110,11 +112,32 @@ def _total(timeout: Any) -> float | None:
 
 def bounded_session(*, max_bytes: int, deadline: float | None = None,
                     session: requests.Session | None = None) -> requests.Session:
-    """`session` (or a new one) with BoundedAdapter mounted for http and https."""
+    """`session` (or a new one) with BoundedAdapter mounted for http and https, and the
+    environment's settings read once (`environment_read_once`)."""
     session = session if session is not None else requests.Session()
     adapter = BoundedAdapter(max_bytes=max_bytes, deadline=deadline)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+    return environment_read_once(session)
+
+
+def ca_bundle() -> str | bool:
+    """What `verify=True` means for requests in this environment: the CA bundle named by
+    REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, else True (certifi's)."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+
+
+def environment_read_once(session: requests.Session) -> requests.Session:
+    """requests reads the environment again at every call (proxy variables and the CA bundle:
+    a scan of all of os.environ, a tenth of a busy worker's CPU). Without proxy variables the
+    session stops doing so and keeps what it means, read now: the CA bundle as its `verify`
+    (callers passing verify=True per call pass `ca_bundle()` instead). With proxy variables it
+    keeps reading them per call, so that NO_PROXY is matched against each URL."""
+    if urllib.request.getproxies():
+        return session
+    session.trust_env = False
+    if session.verify is True:
+        session.verify = ca_bundle()
     return session
 
 

@@ -27,7 +27,7 @@ from django.conf import settings
 from proxmoxer import ProxmoxAPI, ResourceException
 
 from core.errors import ExternalError
-from core.http import Answer, BadAnswer, BoundedAdapter, clipped, parse
+from core.http import Answer, BadAnswer, bounded_session, ca_bundle, clipped, parse
 
 logger = logging.getLogger(__name__)
 
@@ -238,14 +238,15 @@ class ProxmoxClient:
                  timeout: float) -> None:
         parts = urlsplit(url)
         user, _, token_name = token_id.partition("!")
+        if verify_ssl is True:
+            verify_ssl = ca_bundle()  # proxmoxer passes it with every call
         self.api = ProxmoxAPI(
             parts.hostname, port=parts.port or 8006, user=user, token_name=token_name,
             token_value=token_secret, verify_ssl=verify_ssl, timeout=timeout,
         )
         # proxmoxer reads bodies through this session: bound every answer in size and time.
-        adapter = BoundedAdapter(max_bytes=settings.PROXMOX_MAX_ANSWER_BYTES)
-        self.api._store["session"].mount("https://", adapter)
-        self.api._store["session"].mount("http://", adapter)
+        bounded_session(max_bytes=settings.PROXMOX_MAX_ANSWER_BYTES,
+                        session=self.api._store["session"])
         self.calls = 0
 
     @classmethod

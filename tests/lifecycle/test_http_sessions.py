@@ -46,3 +46,24 @@ def test_one_edge_session_per_system_and_thread(stack, settings):
                                         clients.velocity)] == [1, 1, 1]
     settings.VELOCITY_TIMEOUT = settings.VELOCITY_TIMEOUT + 1
     assert EdgeClients.shared() is not clients
+
+
+def test_sessions_read_the_environment_once_not_per_call(stack, monkeypatch):
+    """requests scans os.environ for proxies and a CA bundle at every call unless told not to;
+    without proxy variables our sessions read it once: the CA bundle becomes their `verify`."""
+    from core.http import bounded_session
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    session = bounded_session(max_bytes=1024)
+    assert session.trust_env is False
+    assert session.verify == "/etc/ssl/certs/ca-certificates.crt"
+    pve = ProxmoxClient.from_settings()
+    assert pve.api._store["session"].trust_env is False
+    assert pve.cluster_resources() is not None  # still talks to the devstack
+
+    # Behind a proxy: read per call, so NO_PROXY is matched against each URL.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert bounded_session(max_bytes=1024).trust_env is True
