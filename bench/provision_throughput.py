@@ -44,13 +44,6 @@ def _questions() -> int:
         return int(cursor.fetchone()[1])
 
 
-def sim(stack, system: str, method: str, path: str) -> dict:
-    """A devstack control call to `system` (Proxmox's sim speaks TLS with its own certificate)."""
-    if system == "proxmox":
-        return stack.pve(method, path)
-    return stack.sim(system, method, path)
-
-
 def run(args: argparse.Namespace) -> int:
     from django.conf import settings
     from django.db import connection
@@ -87,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             journaled = n == 0 and not args.no_replay
             if journaled:
                 for system in systems:
-                    sim(stack, system, "POST", "/_sim/journal")
+                    stack.sim(system, "POST", "/_sim/journal")
             # As deployed: lifecycle workers apart from the notify/edge worker.
             worker = start_worker(env, workdir, name=f"bench{concurrency}",
                                   concurrency=concurrency, queues="lifecycle")
@@ -123,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
                            .values_list("attempt", flat=True))
             if journaled:
                 journals = {s: (stack.endpoints[s]["sim"],
-                                sim(stack, s, "GET", "/_sim/journal")["calls"]) for s in systems}
+                                stack.sim(s, "GET", "/_sim/journal")["calls"]) for s in systems}
                 for system in systems:
-                    sim(stack, system, "DELETE", "/_sim/journal")
+                    stack.sim(system, "DELETE", "/_sim/journal")
                 stack.reset()  # where the round started, for the replay
                 bare = (concurrency, wall, replay(journals))
                 stack.reset()  # and again for the next round

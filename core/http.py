@@ -22,12 +22,15 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, TypeVar
 
 import pydantic
 import requests
+from django.conf import settings
 from requests.adapters import HTTPAdapter
 
 T = TypeVar("T")
@@ -119,6 +122,23 @@ def bounded_session(*, max_bytes: int, deadline: float | None = None,
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return environment_read_once(session)
+
+
+_THREAD = threading.local()
+C = TypeVar("C")
+
+
+def per_thread_client(name: str, setting_names: Iterable[str], build: Callable[[], C]) -> C:
+    """This thread's client `name`, built by `build` and kept while the settings it is built
+    from stay the same: a worker's flows reuse its HTTP sessions (connections, TLS) from one
+    step and operation to the next. Per thread, as a session is not to be shared between
+    threads."""
+    key = tuple(str(getattr(settings, setting)) for setting in setting_names)
+    held = getattr(_THREAD, name, None)
+    if held is None or held[0] != key:
+        held = (key, build())
+        setattr(_THREAD, name, held)
+    return held[1]
 
 
 def ca_bundle() -> str | bool:

@@ -11,7 +11,6 @@ the lifecycle app.
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from django.conf import settings
 
 from core.health import Health
+from core.http import per_thread_client
 from core.ownership import owner_from_comment, record_comment
 
 from .choices import PARTS, Part, Source, Verdict
@@ -95,7 +95,6 @@ class BulkObservation:
     registrations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-_THREAD = threading.local()
 _EDGE_SETTINGS = (
     "CLOUDFLARE_API_URL", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_ZONE_ID", "CLOUDFLARE_TIMEOUT",
     "CLOUDFLARE_PAGE_SIZE", "CLOUDFLARE_MAX_RETRY_WAIT", "TECHNITIUM_URL", "TECHNITIUM_TOKEN",
@@ -125,11 +124,7 @@ class EdgeClients:
         their HTTP sessions (connections, TLS) from one operation to the next; per thread, as
         a session is not to be shared between threads. `on_wait` replaces the previous user's.
         Their call counters run on: count differences, or build your own EdgeClients."""
-        key = tuple(str(getattr(settings, name)) for name in _EDGE_SETTINGS)
-        held = getattr(_THREAD, "edge", None)
-        if held is None or held[0] != key:
-            held = _THREAD.edge = (key, cls())
-        clients = held[1]
+        clients = per_thread_client("edge", _EDGE_SETTINGS, cls)
         clients.cloudflare.on_wait = on_wait
         return clients
 

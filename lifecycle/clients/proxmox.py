@@ -13,7 +13,6 @@ without a status is a retryable `bad_answer`, never a KeyError in a flow or the 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,15 @@ from django.conf import settings
 from proxmoxer import ProxmoxAPI, ResourceException
 
 from core.errors import ExternalError
-from core.http import Answer, BadAnswer, bounded_session, ca_bundle, clipped, parse
+from core.http import (
+    Answer,
+    BadAnswer,
+    bounded_session,
+    ca_bundle,
+    clipped,
+    parse,
+    per_thread_client,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +237,8 @@ class TaskResult:
     exitstatus: str
 
 
-_THREAD = threading.local()
+_PROXMOX_SETTINGS = ("PROXMOX_URL", "PROXMOX_TOKEN_ID", "PROXMOX_TOKEN_SECRET",
+                     "PROXMOX_VERIFY_SSL", "PROXMOX_TIMEOUT", "PROXMOX_MAX_ANSWER_BYTES")
 
 
 class ProxmoxClient:
@@ -254,12 +262,7 @@ class ProxmoxClient:
         """This thread's client for the settings in force: a worker's flows reuse its HTTP
         session (connection and TLS) instead of opening one per step. Per thread, since a
         session is not to be shared between threads."""
-        key = (settings.PROXMOX_URL, settings.PROXMOX_TOKEN_ID, settings.PROXMOX_TOKEN_SECRET,
-               str(settings.PROXMOX_VERIFY_SSL), settings.PROXMOX_TIMEOUT)
-        held = getattr(_THREAD, "proxmox", None)
-        if held is None or held[0] != key:
-            held = _THREAD.proxmox = (key, cls.from_settings())
-        return held[1]
+        return per_thread_client("proxmox", _PROXMOX_SETTINGS, cls.from_settings)
 
     @classmethod
     def from_settings(cls) -> "ProxmoxClient":

@@ -16,6 +16,8 @@ woken operation may still lose the place to another taker: it then waits again. 
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -90,13 +92,10 @@ def node_slot_release(*, holder: str, node: str | None = None, kind: str | None 
         rows = rows.filter(node=node)
     if kind is not None:
         rows = rows.filter(kind=kind)
-    held = list(rows.values_list("node", "kind"))
-    if not held:
+    freed = Counter(waiting_key(n, k) for n, k in rows.values_list("node", "kind"))
+    if not freed:
         return 0
     released = rows.update(holder="", acquired_at=None, expires_at=None)
-    freed: dict[str, int] = {}
-    for n, k in held:
-        freed[waiting_key(n, k)] = freed.get(waiting_key(n, k), 0) + 1
     for key, places in freed.items():
         transaction.on_commit(lambda key=key, places=places: node_slot_wake(key, places))
     return released

@@ -64,11 +64,10 @@ class OperationContext:
     retry_window_over: bool = False
     _renewed_at: float = field(default_factory=time.monotonic)
     #: How many entries at the start of `log` the database holds (the rest are to be written).
-    _saved: int = -1
+    _saved: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if self._saved < 0:
-            self._saved = len(self.log)
+        self._saved = len(self.log)
 
     @property
     def spec(self) -> OperationSpec:

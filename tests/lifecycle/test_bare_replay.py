@@ -23,23 +23,19 @@ def bare_replay():
     return module
 
 
-def control(stack, system, method, path):
-    return stack.pve(method, path) if system == "proxmox" else stack.sim(system, method, path)
-
-
 def test_a_journaled_provision_replays_to_the_same_state(stack, worker, owner):
     for system in SYSTEMS:
-        control(stack, system, "POST", "/_sim/journal")
+        stack.sim(system, "POST", "/_sim/journal")
     inst = server_create(owner=owner.user, data=game_body("replayed")).instance
     wait_status(inst.id, "running", timeout=60)
-    journals = {s: (stack.endpoints[s]["sim"], control(stack, s, "GET", "/_sim/journal")["calls"])
+    journals = {s: (stack.endpoints[s]["sim"], stack.sim(s, "GET", "/_sim/journal")["calls"])
                 for s in SYSTEMS}
     for system in SYSTEMS:
-        control(stack, system, "DELETE", "/_sim/journal")
+        stack.sim(system, "DELETE", "/_sim/journal")
     assert all(journals[s][1] for s in SYSTEMS), {s: len(j) for s, (_, j) in journals.items()}
     # The journal holds what was sent, bodies included (Technitium's form, the agent's JSON).
     assert any(c["method"] == "POST" and c["body"] for c in journals["technitium"][1])
-    assert control(stack, "proxmox", "GET", "/_sim/journal") == {"calls": []}  # off again
+    assert stack.sim("proxmox", "GET", "/_sim/journal") == {"calls": []}  # off again
     made = {"containers": len(stack.containers()), "cf": len(stack.cf_records()),
             "velocity": len(stack.velocity_servers())}
 

@@ -74,8 +74,9 @@ class Devstack:
 
     # --- edge sims ------------------------------------------------------------------------------
     def sim(self, service: str, method: str, path: str, **kwargs: Any) -> Any:
+        """A control call to any stand-in, "proxmox" included (its own TLS certificate)."""
         resp = self.http.request(method, self.endpoints[service]["sim"] + path, timeout=30,
-                                 **kwargs)
+                                 verify=False, **kwargs)
         resp.raise_for_status()
         return resp.json()
 
