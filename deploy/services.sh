@@ -44,14 +44,16 @@ REDIS_HOST="${U_HOST:-127.0.0.1}"; REDIS_PORT="${U_PORT:-6379}"
 [[ "$DB_PASS" != *"'"* ]] || die "the database password must not contain a single quote"
 
 # --- packages -------------------------------------------------------------------------------
+# apt waits up to 10 minutes for the dpkg lock: a fresh machine often runs unattended upgrades
+# at boot, and a second install (CI beside a developer's own) must queue, not fail.
 APT_UPDATED=""
 apt_install() {
   command -v apt-get >/dev/null 2>&1 || die "missing $*, and this is not a Debian system: install them"
   if [ -z "$APT_UPDATED" ]; then
-    log "apt-get update"; $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq; APT_UPDATED=1
+    log "apt-get update"; $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq; APT_UPDATED=1
   fi
   log "installing $*"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "$@" >/dev/null
 }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
