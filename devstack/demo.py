@@ -63,7 +63,7 @@ SAMPLES = [
      "plan": "vanilla"},
     {"name": "demo-fabric", "kind": "game", "variant": "fabric", "version": "1.21.1",
      "plan": "modded"},
-    {"name": "demo-ide", "kind": "dev", "plan": "vanilla", "runtime": "python",
+    {"name": "demo-ide", "kind": "dev", "plan": "modded", "runtime": "python",
      "runtime_version": "3.12", "enable_code_server": True},
 ]
 
@@ -536,11 +536,16 @@ def main() -> int:
         wait_ready(base, procs)
 
         created = {}
+        connect = []
         for body in SAMPLES[:samples]:
             status, data = http("POST", f"{base}/api/v1/servers", token, body,
                                 {"Idempotency-Key": f"demo-{body['name']}"})
             if status == 202:
                 created[data["id"]] = body["name"]
+                if data.get("address"):
+                    connect.append(f"  {body['name'] + ':':15}players join at {data['address']}")
+                if data.get("ide_url"):
+                    connect.append(f"  {body['name'] + ':':15}IDE at {data['ide_url']}")
             else:
                 say(f"  sample {body['name']}: {status} {data.get('message')}")
 
@@ -556,6 +561,8 @@ def main() -> int:
             say(f"  {label + ':':15}{url}")
         say(f"  API token:     {token}")
         say(f"  Try:           curl -H 'Authorization: Bearer {token}' {base}/api/v1/servers")
+        for line in connect:
+            say(line)
         say("  Ctrl-C stops everything.\n")
 
         phase = "running"

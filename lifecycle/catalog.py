@@ -4,6 +4,7 @@ each kind needs, and names nobody may take. One place, read by validation and pl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .choices import Kind, Plan, Variant
 
@@ -53,7 +54,48 @@ DEV_RUNTIMES: dict[str, tuple[str, ...]] = {
     "node": ("20", "22"),
     "go": ("1.22", "1.23"),
     "java": ("17", "21"),
+    "dotnet": ("8", "9"),
 }
+
+
+#: How a runtime is named to users.
+RUNTIME_LABELS: dict[str, str] = {
+    "python": "Python", "node": "Node.js", "go": "Go", "java": "Java", "dotnet": ".NET",
+}
+
+
+def plans_for_kind(kind: str) -> tuple[str, ...]:
+    """The plans a new server of `kind` may use. A dev container needs at least
+    DEV_MIN_MEMORY_MB (code-server, a language server and a build together fill 2 GB)."""
+    from django.conf import settings
+
+    if kind == Kind.DEV:
+        return tuple(name for name, spec in PLANS.items()
+                     if spec.memory_mb >= settings.DEV_MIN_MEMORY_MB)
+    return tuple(PLANS)
+
+def catalog_document() -> dict[str, Any]:
+    """Everything a portal offers, as the API serves it (GET /api/v1/catalog): the plans with
+    their sizes and backup policies, which plans each kind may use, the game variants with their
+    versions and the dev runtimes with theirs. Built from the tables above, nothing else."""
+    return {
+        "plans": [
+            {"name": name, "label": Plan(name).label, "memory_mb": spec.memory_mb,
+             "cores": spec.cores, "disk_gb": spec.disk_gb,
+             "backups": {"interval_hours": BACKUP_POLICIES[name].interval_seconds // 3600,
+                         "keep_last": BACKUP_POLICIES[name].keep_last,
+                         "keep_daily": BACKUP_POLICIES[name].keep_daily,
+                         "keep_weekly": BACKUP_POLICIES[name].keep_weekly}}
+            for name, spec in PLANS.items()
+        ],
+        "kinds": [{"name": kind.value, "label": kind.label, "plans": list(plans_for_kind(kind))}
+                  for kind in Kind],
+        "variants": [{"name": name, "label": Variant(name).label, "versions": list(versions)}
+                     for name, versions in GAME_VERSIONS.items()],
+        "runtimes": [{"name": name, "label": RUNTIME_LABELS[name], "versions": list(versions)}
+                     for name, versions in DEV_RUNTIMES.items()],
+    }
+
 
 #: Ports claimed from the node's pool for each kind, by role.
 PORT_ROLES: dict[str, tuple[str, ...]] = {

@@ -5,7 +5,16 @@ from typing import Any
 
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 
-from .choices import QUOTA_STATUSES, AllocationState, PoolKind
+from django.conf import settings
+
+from .choices import (
+    DELETED_STATUSES,
+    QUOTA_STATUSES,
+    TERMINAL_STATUSES,
+    AllocationState,
+    Kind,
+    PoolKind,
+)
 from .models import Allocation, ContainerInstance, Node, Operation
 
 
@@ -29,6 +38,23 @@ def server_list_for(*, user: Any) -> QuerySet[ContainerInstance]:
 
 def server_get_for(*, user: Any, server_id: Any) -> ContainerInstance | None:
     return server_list_for(user=user).filter(pk=server_id).first()
+
+
+def server_address(server: ContainerInstance) -> str | None:
+    """What a player types to join a game server: `<slug>.<EDGE_ZONE>` (the SRV record and
+    Velocity do the rest); None for dev containers and servers that are deleted."""
+    if server.kind != Kind.GAME or server.status in DELETED_STATUSES | TERMINAL_STATUSES:
+        return None
+    return f"{server.slug}.{settings.EDGE_ZONE}"
+
+
+def server_ide_url(server: ContainerInstance) -> str | None:
+    """Where a dev container's browser IDE is served (IDE_URL_TEMPLATE), once it has a VMID;
+    None for game servers, dev containers without code-server and deleted servers."""
+    if (server.kind != Kind.DEV or not server.enable_code_server or server.vmid is None
+            or server.status in DELETED_STATUSES | TERMINAL_STATUSES):
+        return None
+    return settings.IDE_URL_TEMPLATE.format(vmid=server.vmid)
 
 
 def operation_get_for(*, user: Any, operation_id: Any) -> Operation | None:

@@ -8,7 +8,14 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .catalog import DEV_RUNTIMES, GAME_VERSIONS, PLANS, RESERVED_NAMES, RESERVED_PREFIXES
+from .catalog import (
+    DEV_RUNTIMES,
+    GAME_VERSIONS,
+    PLANS,
+    RESERVED_NAMES,
+    RESERVED_PREFIXES,
+    plans_for_kind,
+)
 from .choices import Kind
 from .errors import InvalidRequest
 
@@ -73,6 +80,18 @@ def _choice(value: Any, allowed: Any, what: str) -> list[str]:
     return [f"Unknown {what} {value!r}; choose one of: {', '.join(map(str, allowed))}."]
 
 
+def plan_kind_errors(plan: str, kind: str) -> list[str]:
+    """Why a server of `kind` may not use `plan` (empty list: it may)."""
+    allowed = plans_for_kind(kind)
+    if plan in allowed:
+        return []
+    label = Kind(kind).label.lower()
+    if not allowed:
+        return [f"No plan is offered for a {label}."]
+    return [f"The {plan} plan ({PLANS[plan].memory_mb} MB) is too small for a {label}; "
+            f"choose one of: {', '.join(allowed)}."]
+
+
 def server_spec_validate(data: dict[str, Any]) -> ServerSpec:
     """Check a create body against the catalog; raise InvalidRequest with field errors."""
     fields: dict[str, list[str]] = {}
@@ -103,6 +122,8 @@ def server_spec_validate(data: dict[str, Any]) -> ServerSpec:
         err("plan", ["This field is required."])
     else:
         err("plan", _choice(plan, PLANS, "plan"))
+    if plan in PLANS and kind in Kind.values:
+        err("plan", plan_kind_errors(plan, kind))
 
     variant = data.get("variant") or ""
     version = data.get("version") or ""

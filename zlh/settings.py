@@ -43,6 +43,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # ETags from the answer's body on every GET, and 304 for a matching If-None-Match (a portal
+    # polling many servers gets no body while nothing changed); it must see the final headers.
+    "django.middleware.http.ConditionalGetMiddleware",
+    "lifecycle.api.middleware.ApiCacheHeadersMiddleware",
     "lifecycle.api.middleware.ApiBodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -336,6 +340,11 @@ READY_WAIT_SECONDS = env.float("READY_WAIT_SECONDS", default=900.0)
 # Graceful stop: seconds the game gets to save, then the container's shutdown timeout.
 GAME_STOP_WAIT_SECONDS = env.float("GAME_STOP_WAIT_SECONDS", default=60.0)
 CONTAINER_SHUTDOWN_TIMEOUT = env.int("CONTAINER_SHUTDOWN_TIMEOUT", default=60)
+# The smallest plan (memory) a new dev container may use: code-server alone has filled 2 GB.
+DEV_MIN_MEMORY_MB = env.int("DEV_MIN_MEMORY_MB", default=4096)
+# Where a dev container's browser IDE is served (the IDE proxy's wildcard route); {vmid} is
+# filled in per server.
+IDE_URL_TEMPLATE = env.str("IDE_URL_TEMPLATE", default="https://dev-{vmid}.ide.zerolaghub.com/")
 # Velocity "modern forwarding" secret, written into FabricProxy-Lite.toml / paper-global.yml.
 VELOCITY_FORWARDING_SECRET = env.str("VELOCITY_FORWARDING_SECRET", default="")
 

@@ -1,8 +1,11 @@
-"""Refuse oversized API bodies before anything reads them."""
+"""API middleware: refuse oversized bodies before anything reads them; mark answers as
+private to the caller and to be revalidated (their ETag, from Django's ConditionalGetMiddleware,
+makes revalidation a 304 without a body)."""
 from __future__ import annotations
 
 from django.conf import settings
 from django.http import JsonResponse
+from django.utils.cache import patch_vary_headers
 
 
 class ApiBodySizeLimitMiddleware:
@@ -23,3 +26,19 @@ class ApiBodySizeLimitMiddleware:
                     status=413,
                 )
         return self.get_response(request)
+
+
+class ApiCacheHeadersMiddleware:
+    """Every API answer depends on who asks (Vary: Authorization). Unless a view says otherwise
+    (the public catalog), a cache must not share it and must ask again before reusing it."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if request.path.startswith("/api/"):
+            patch_vary_headers(response, ("Authorization",))
+            if not response.has_header("Cache-Control"):
+                response["Cache-Control"] = "private, no-cache"
+        return response

@@ -6,6 +6,7 @@ from rest_framework import serializers
 from ..catalog import DEV_RUNTIMES, PLANS
 from ..choices import DesiredState, InstanceStatus, Kind, OperationKind, OperationState, Variant
 from ..models import Backup, ContainerInstance, Operation
+from ..selectors import server_address, server_ide_url
 
 
 class StrictInputSerializer(serializers.Serializer):
@@ -70,6 +71,11 @@ class OperationSerializer(serializers.ModelSerializer):
 
 class ServerSerializer(serializers.ModelSerializer):
     node = serializers.SerializerMethodField()
+    address = serializers.SerializerMethodField(
+        help_text="What a player types to join (game servers; through Velocity).")
+    ide_url = serializers.SerializerMethodField(
+        help_text="Where the browser IDE is served (dev containers with code-server, once "
+                  "placed); open it with a token from POST …/ide-token.")
     status = serializers.ChoiceField(choices=InstanceStatus.choices, read_only=True)
     desired_state = serializers.ChoiceField(choices=DesiredState.choices, read_only=True)
     ports = serializers.DictField(child=serializers.IntegerField(), read_only=True)
@@ -80,13 +86,20 @@ class ServerSerializer(serializers.ModelSerializer):
         fields = (
             "id", "name", "slug", "kind", "variant", "version", "plan", "memory_mb", "cores",
             "disk_gb", "runtime", "runtime_version", "enable_code_server", "status",
-            "desired_state", "suspended", "node", "vmid", "ip", "ports", "last_error",
+            "desired_state", "suspended", "node", "vmid", "ip", "ports", "address", "ide_url",
+            "last_error",
             "created_at", "updated_at", "deleted_at", "purge_after", "operation",
         )
         read_only_fields = fields
 
     def get_node(self, obj) -> str | None:
         return obj.node.name if obj.node_id else None
+
+    def get_address(self, obj) -> str | None:
+        return server_address(obj)
+
+    def get_ide_url(self, obj) -> str | None:
+        return server_ide_url(obj)
 
     @staticmethod
     def _last_operation(obj):
@@ -168,3 +181,39 @@ class RestoreInput(StrictInputSerializer):
 class VelocityResyncSerializer(serializers.Serializer):
     task_id = serializers.CharField()
     servers = serializers.IntegerField(help_text="running game servers the resync covers")
+
+
+class CatalogPlanBackupsSerializer(serializers.Serializer):
+    interval_hours = serializers.IntegerField(help_text="scheduled backups this often")
+    keep_last = serializers.IntegerField()
+    keep_daily = serializers.IntegerField()
+    keep_weekly = serializers.IntegerField()
+
+
+class CatalogPlanSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    label = serializers.CharField()
+    memory_mb = serializers.IntegerField()
+    cores = serializers.IntegerField()
+    disk_gb = serializers.IntegerField()
+    backups = CatalogPlanBackupsSerializer()
+
+
+class CatalogKindSerializer(serializers.Serializer):
+    name = serializers.ChoiceField(choices=Kind.choices)
+    label = serializers.CharField()
+    plans = serializers.ListField(child=serializers.CharField(),
+                                  help_text="the plans a new server of this kind may use")
+
+
+class CatalogVersionedSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    label = serializers.CharField()
+    versions = serializers.ListField(child=serializers.CharField())
+
+
+class CatalogSerializer(serializers.Serializer):
+    plans = CatalogPlanSerializer(many=True)
+    kinds = CatalogKindSerializer(many=True)
+    variants = CatalogVersionedSerializer(many=True, help_text="game server variants")
+    runtimes = CatalogVersionedSerializer(many=True, help_text="dev container runtimes")

@@ -4,6 +4,7 @@ from rest_framework.routers import SimpleRouter
 
 from .agents import HeartbeatView
 from .views import (
+    CatalogView,
     NodeListView,
     OperationDetailView,
     QuotaView,
@@ -27,6 +28,7 @@ urlpatterns = [
     path("servers/<uuid:server_id>/backups/<uuid:backup_id>/restore-as-new",
          ServerBackupRestoreAsNewView.as_view(), name="server-backup-restore-as-new"),
     path("operations/<uuid:pk>", OperationDetailView.as_view(), name="operation-detail"),
+    path("catalog", CatalogView.as_view(), name="catalog"),
     path("me/quota", QuotaView.as_view(), name="me-quota"),
     path("nodes", NodeListView.as_view(), name="node-list"),
     path("velocity/resync", VelocityResyncView.as_view(), name="velocity-resync"),

@@ -8,12 +8,13 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
-from rest_framework.permissions import IsAdminUser
+from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.response import Response
 from rest_framework.generics import GenericAPIView
 from rest_framework.views import APIView
 
 from .. import selectors
+from ..catalog import catalog_document
 from ..models import Operation
 from ..services.accounts import quota_ensure, quota_usage
 from ..services.backups import (
@@ -32,6 +33,7 @@ from ..services.edge import velocity_resync_request
 from ..services.servers import server_create
 from .serializers import (
     BackupCreateInput,
+    CatalogSerializer,
     BackupSerializer,
     ErrorSerializer,
     VelocityResyncSerializer,
@@ -59,6 +61,15 @@ IDEMPOTENCY_PARAM = OpenApiParameter(
     description="Retrying with the same key and body returns the same server; the same key "
                 "with another body is refused with 422.",
 )
+
+
+IF_NONE_MATCH_PARAM = OpenApiParameter(
+    "If-None-Match", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="The ETag of the answer you have: 304 with no body when it is still current.",
+)
+_NOT_MODIFIED = OpenApiResponse(None, description="Not modified: the ETag still matches")
+#: Seconds a cache may keep the catalog without asking again.
+CATALOG_MAX_AGE = 300
 
 
 def _server_for(request, server_id):
@@ -99,12 +110,14 @@ class ServerViewSet(viewsets.GenericViewSet):
             raise NotFound("No such server.") from None
         return _server_for(self.request, server_id)
 
-    @extend_schema(responses={200: ServerSerializer(many=True), **_ERRORS})
+    @extend_schema(parameters=[IF_NONE_MATCH_PARAM],
+                   responses={200: ServerSerializer(many=True), 304: _NOT_MODIFIED, **_ERRORS})
     def list(self, request):
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(ServerSerializer(page, many=True).data)
 
-    @extend_schema(responses={200: ServerSerializer, **_ERRORS})
+    @extend_schema(parameters=[IF_NONE_MATCH_PARAM],
+                   responses={200: ServerSerializer, 304: _NOT_MODIFIED, **_ERRORS})
     def retrieve(self, request, pk=None):
         return Response(ServerSerializer(self._get_server(pk)).data)
 
@@ -308,6 +321,21 @@ class QuotaView(APIView):
             "available_servers": max(0, quota.max_servers - used.servers),
             "available_memory_mb": max(0, quota.max_memory_mb - used.memory_mb),
         }).data)
+
+
+class CatalogView(APIView):
+    """What can be ordered: plans, which plans each kind may use, game variants and their
+    versions, dev runtimes and theirs. Public (a portal shows it before sign-in) and cacheable:
+    an ETag, and If-None-Match answers 304."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(parameters=[IF_NONE_MATCH_PARAM],
+                   responses={200: CatalogSerializer, 304: _NOT_MODIFIED, 429: _ERRORS[429]})
+    def get(self, request):
+        response = Response(CatalogSerializer(catalog_document()).data)
+        response["Cache-Control"] = f"public, max-age={CATALOG_MAX_AGE}"
+        return response
 
 
 class NodeListView(APIView):

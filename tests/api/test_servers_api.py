@@ -52,7 +52,7 @@ def test_create_answers_202_with_the_server_and_its_operation(api, platform, ali
 
 
 def test_dev_container_gets_an_ide_port(api, platform, alice):
-    resp = post(api, alice, {"name": "my-ide", "kind": "dev", "plan": "vanilla",
+    resp = post(api, alice, {"name": "my-ide", "kind": "dev", "plan": "modded",
                              "runtime": "python", "runtime_version": "3.12",
                              "enable_code_server": True})
     assert resp.status_code == 202, resp.content
@@ -76,10 +76,10 @@ def test_dev_container_gets_an_ide_port(api, platform, alice):
     (game_body("ok-name", plan="huge"), "plan"),
     (game_body("ok-name", runtime="python"), "runtime"),
     (game_body("ok-name", unknown=1), "unknown"),
-    ({"name": "ok-name", "kind": "dev", "plan": "vanilla", "variant": "paper"}, "variant"),
-    ({"name": "ok-name", "kind": "dev", "plan": "vanilla", "runtime": "cobol",
+    ({"name": "ok-name", "kind": "dev", "plan": "modded", "variant": "paper"}, "variant"),
+    ({"name": "ok-name", "kind": "dev", "plan": "modded", "runtime": "cobol",
       "runtime_version": "1"}, "runtime"),
-    ({"name": "ok-name", "kind": "dev", "plan": "vanilla", "runtime": "node",
+    ({"name": "ok-name", "kind": "dev", "plan": "modded", "runtime": "node",
       "runtime_version": "4"}, "runtime_version"),
     ({"kind": "game"}, "name"),
     (game_body("ok-name", enable_code_server="yes please"), "enable_code_server"),

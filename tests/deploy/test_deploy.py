@@ -46,6 +46,10 @@ def test_make_demo_runs_every_sample_and_every_url_answers(tmp_path):
     for label, _ in printed:
         assert re.search(rf"^  {re.escape(label)}\s+200 ok$", out, re.M), (label, out[-3000:])
     assert re.search(r"Admin login:\s+admin / \S+", out)
+    for game in ("demo-vanilla", "demo-fabric"):  # how players connect, as the API says it
+        line = rf"^  {game}:\s+players join at {game}\.[a-z0-9.-]+$"
+        assert re.search(line, out, re.M), out[-3000:]
+    assert re.search(r"^  demo-ide:\s+IDE at https://dev-\d+\.\S+$", out, re.M), out[-3000:]
     for name in ("devstack", "api", "worker-lifecycle", "worker-repair", "worker-edge",
                  "worker-notify", "beat"):
         assert f"stopped {name} (pid" in out  # everything it started, stopped by pid

@@ -48,7 +48,7 @@ def test_resync_after_a_velocity_restart(stack, worker, owner, staff):
     ids = [server_create(owner=owner.user, data=game_body(f"rs-{i}")).instance.id
            for i in range(3)]
     dev = server_create(owner=owner.user, data={
-        "name": "rs-dev", "kind": "dev", "plan": "vanilla", "runtime": "go",
+        "name": "rs-dev", "kind": "dev", "plan": "modded", "runtime": "go",
         "runtime_version": "1.23"}).instance.id
     for sid in [*ids, dev]:
         wait_status(sid, "running")

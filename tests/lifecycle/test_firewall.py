@@ -56,7 +56,7 @@ def test_a_game_server_starts_behind_its_firewall(stack, worker, owner):
 
 
 def test_a_dev_container_opens_its_ide_port_to_the_ide_proxy_only(stack, worker, owner):
-    body = {"name": "walled-ide", "kind": "dev", "plan": "vanilla", "runtime": "python",
+    body = {"name": "walled-ide", "kind": "dev", "plan": "modded", "runtime": "python",
             "runtime_version": "3.12", "enable_code_server": True}
     inst = wait_status(server_create(owner=owner.user, data=body).instance.id, "running")
     assert ours(fw(stack, inst, "rules")) == sorted([

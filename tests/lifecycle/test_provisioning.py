@@ -59,7 +59,7 @@ def test_fabric_server_is_seeded_before_its_first_boot(stack, worker, owner):
 
 def test_dev_container_gets_its_runtime(stack, worker, owner):
     inst = server_create(owner=owner.user, data={
-        "name": "ide-one", "kind": "dev", "plan": "vanilla", "runtime": "node",
+        "name": "ide-one", "kind": "dev", "plan": "modded", "runtime": "node",
         "runtime_version": "22", "enable_code_server": True}).instance
     inst = wait_status(inst.id, "running")
     seeded = stack.agent(inst.vmid)["seeded"]

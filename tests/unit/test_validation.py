@@ -24,7 +24,7 @@ def game(**over: Any) -> dict[str, Any]:
 
 
 def dev(**over: Any) -> dict[str, Any]:
-    body = {"name": "my-ide", "kind": "dev", "plan": "vanilla", "runtime": "python",
+    body = {"name": "my-ide", "kind": "dev", "plan": "modded", "runtime": "python",
             "runtime_version": "3.12"}
     body.update(over)
     return {k: v for k, v in body.items() if v is not ...}
@@ -53,8 +53,27 @@ def test_a_game_server_body():
 def test_a_dev_container_body():
     spec = server_spec_validate(dev(enable_code_server=True, runtime="go",
                                     runtime_version="1.23"))
-    assert spec == ServerSpec(name="my-ide", kind="dev", plan="vanilla", runtime="go",
+    assert spec == ServerSpec(name="my-ide", kind="dev", plan="modded", runtime="go",
                               runtime_version="1.23", enable_code_server=True)
+
+
+def test_dotnet_is_a_dev_runtime():
+    assert server_spec_validate(dev(runtime="dotnet", runtime_version="9")).runtime == "dotnet"
+    assert "runtime_version" in refused(dev(runtime="dotnet", runtime_version="7"))
+
+
+def test_a_dev_container_may_not_use_a_plan_below_the_minimum_memory():
+    fields = refused(dev(plan="vanilla"))
+    assert fields == {"plan": ["The vanilla plan (2048 MB) is too small for a dev container; "
+                               "choose one of: modded, heavy."]}
+    assert server_spec_validate(game(plan="vanilla")).plan == "vanilla"
+
+
+def test_the_dev_minimum_is_a_setting(settings):
+    settings.DEV_MIN_MEMORY_MB = 2048
+    assert server_spec_validate(dev(plan="vanilla")).plan == "vanilla"
+    settings.DEV_MIN_MEMORY_MB = 16384
+    assert refused(dev(plan="heavy")) == {"plan": ["No plan is offered for a dev container."]}
 
 
 def test_blank_and_null_optional_fields_are_normalised_to_empty():
