@@ -29,6 +29,8 @@ _VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization schemes: Bearer/Basic credentials and Proxmox API tokens.
     (re.compile(r"(?P<pre>\b(?:Bearer|Basic)\s+)[^\s,;'\"]+", re.I), r"\g<pre>" + MASK),
     (re.compile(r"(?P<pre>PVEAPIToken[= ])[^\s,;'\"]+", re.I), r"\g<pre>" + MASK),
+    # JSON Web Tokens (the browser-IDE tokens among them): header.payload.signature.
+    (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), MASK),
     # Well-known token shapes (ours included), whatever their length.
     (re.compile(r"\b(?:zlh_[A-Za-z0-9_-]{16,}|(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{8,}"
                 r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"

@@ -523,7 +523,8 @@ def main() -> int:
             time.sleep(0.2)
         from devstack.endpoints import control_plane_env, load
 
-        env.update(control_plane_env(load(endpoints_file)))
+        endpoints = load(endpoints_file)
+        env.update(control_plane_env(endpoints))
         procs.start("api", [PY, "-m", "gunicorn", "zlh.wsgi", "--bind", f"127.0.0.1:{port}",
                             "--workers", "2", "--timeout", "60"])
         for queue in QUEUES:
@@ -534,8 +535,13 @@ def main() -> int:
                 "--without-mingle", "--loglevel", "INFO"], env=WORKER_ENV.get(queue))
         procs.start("beat", [PY, "-m", "celery", "-A", "zlh", "beat", "--loglevel", "INFO"])
         wait_ready(base, procs)
+        # The IDE proxy reads revoked IDE tokens from the API (as the real one must).
+        ide_sim = endpoints["ide"]["sim"]
+        http("POST", f"{ide_sim}/_sim/ide/config",
+             body={"revocations_url": f"{base}/api/v1/ide/revoked"})
 
         created = {}
+        ides: dict[str, str] = {}  # dev samples with code-server: id -> name, until a URL is out
         connect = []
         for body in SAMPLES[:samples]:
             status, data = http("POST", f"{base}/api/v1/servers", token, body,
@@ -546,6 +552,7 @@ def main() -> int:
                     connect.append(f"  {body['name'] + ':':15}players join at {data['address']}")
                 if data.get("ide_url"):
                     connect.append(f"  {body['name'] + ':':15}IDE at {data['ide_url']}")
+                    ides[data["id"]] = body["name"]
             else:
                 say(f"  sample {body['name']}: {status} {data.get('message')}")
 
@@ -566,6 +573,7 @@ def main() -> int:
         say("  Ctrl-C stops everything.\n")
 
         phase = "running"
+        ide_checks: dict[str, str] = {}
         started = time.monotonic()
         last = ""
         while not stopping:
@@ -584,8 +592,19 @@ def main() -> int:
                 say(time.strftime("%H:%M:%S"), "samples:")
                 say(view)
                 last = view
+            for sid in [sid for sid in ides if states.get(sid) == "running"]:
+                # Running: a token for its IDE (opens once, within IDE_TOKEN_TTL_SECONDS).
+                status, data = http("POST", f"{base}/api/v1/servers/{sid}/ide-token", token)
+                if status == 201:
+                    say(f"  {ides[sid] + ':':15}open the IDE (once, before "
+                        f"{data['expires_at']}): {data['url']}")
+                    if exit_when_ready:
+                        ide_checks[sid] = ides[sid]
+                else:
+                    say(f"  {ides[sid]}: no IDE token: {status} {data.get('message')}")
+                del ides[sid]
             if exit_when_ready and created and all(v == "running" for v in states.values()):
-                code = _check_urls(urls, token)
+                code = _check_urls(urls, token) | _check_ides(base, ide_checks, token)
                 say("All samples are running." if code == 0 else "Some URL did not answer.")
                 break
             if exit_when_ready and time.monotonic() - started > ready_timeout:
@@ -613,6 +632,25 @@ def _check_urls(urls: dict[str, str], token: str) -> int:
         status, _ = http("GET", url, token if "/api/v1/" in url else None)
         ok = status in (200, 302)
         say(f"  {label:15}{status} {'ok' if ok else 'FAILED'}")
+        bad += not ok
+    return 1 if bad else 0
+
+
+def _check_ides(base: str, servers: dict[str, str], token: str) -> int:
+    """Each IDE opens through the IDE proxy with a token of its own (the printed one stays
+    unused): the token is exchanged for a session and the IDE answers 200."""
+    bad = 0
+    for sid, name in servers.items():
+        status, data = http("POST", f"{base}/api/v1/servers/{sid}/ide-token", token)
+        ok = False
+        if status == 201:
+            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+            try:
+                with opener.open(data["url"], timeout=10) as resp:
+                    ok = resp.status == 200 and b"code-server" in resp.read(65536)
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                ok = False
+        say(f"  {name + ' IDE':15}{status} {'ok' if ok else 'FAILED'}")
         bad += not ok
     return 1 if bad else 0
 

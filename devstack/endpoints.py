@@ -42,6 +42,11 @@ def control_plane_env(endpoints: dict[str, Any]) -> dict[str, str]:
         "FIREWALL_CONTROL_PLANE_SOURCES": "127.0.0.1",
         "FIREWALL_VELOCITY_SOURCES": "127.0.0.1",
         "FIREWALL_IDE_PROXY_SOURCES": "127.0.0.1",
+        # The IDE proxy: where dev containers' IDEs are served, the key it verifies tokens with,
+        # and what it presents to read the revoked ones.
+        **({"IDE_URL_TEMPLATE": endpoints["ide"]["url_template"],
+            "IDE_TOKEN_SECRETS": endpoints["ide"]["token_secret"],
+            "IDE_PROXY_TOKEN": endpoints["ide"]["proxy_token"]} if "ide" in endpoints else {}),
         **{f"DISCORD_WEBHOOK_{name.upper()}": url
            for name, url in endpoints["discord"]["webhooks"].items()},
     }

@@ -1,5 +1,5 @@
-"""Start the devstack: Proxmox (fakepve) with two nodes and an API token, the agents, and the
-edge stand-ins (Cloudflare, Technitium, the Velocity bridge) and Discord.
+"""Start the devstack: Proxmox (fakepve) with two nodes and an API token, the agents, the edge
+stand-ins (Cloudflare, Technitium, the Velocity bridge), the IDE proxy and Discord.
 
     python -m devstack.launcher [--time-scale 0.05] [--endpoints .devstack/endpoints.json]
                                 [--proxmox-port 0] [--agents-port 0]
@@ -25,6 +25,7 @@ from fakepve.certs import make_cert
 from .agents import AgentFleet
 from .cloudflare import CloudflareStandIn
 from .discord import DiscordStandIn
+from .ideproxy import IdeProxyStandIn
 from .proxmox import OSTEMPLATE, DevPve
 from .technitium import TechnitiumStandIn
 from .velocity import VelocityStandIn
@@ -72,6 +73,9 @@ async def serve(args: argparse.Namespace) -> None:
     discord = DiscordStandIn()
     runner, discord_port = await _serve_app(discord.app(), 0)
     runners.append(runner)
+    ide = IdeProxyStandIn(secret=secrets.token_urlsafe(32), proxy_token=secrets.token_urlsafe(24))
+    runner, ide_port = await _serve_app(ide.app(), 0)
+    runners.append(runner)
 
     endpoints = {
         "proxmox": {
@@ -108,6 +112,12 @@ async def serve(args: argparse.Namespace) -> None:
             "token": velocity.token,
             "public_ip": "203.0.113.10",
             "sim": f"http://{HOST}:{vel_port}",
+        },
+        "ide": {
+            "url_template": f"http://{HOST}:{ide_port}/dev-{{vmid}}/",
+            "token_secret": ide.secret,
+            "proxy_token": ide.proxy_token,
+            "sim": f"http://{HOST}:{ide_port}",
         },
         "discord": {
             "url": f"http://{HOST}:{discord_port}",

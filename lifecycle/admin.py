@@ -33,6 +33,7 @@ from .models import (
     AuditEvent,
     Backup,
     ContainerInstance,
+    IdeToken,
     Node,
     NodeTaskSlot,
     Operation,
@@ -43,6 +44,7 @@ from .services.actions import server_request, server_set_flags
 from .services.audit import Actor, audit_record
 from .services.backups import backup_delete_request, backup_request, backup_restore_request
 from .services.edge import server_republish_edge
+from .services.ide_tokens import ide_tokens_revoke
 
 S = InstanceStatus
 
@@ -150,7 +152,7 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
         ("Times", {"fields": ("created_at", "updated_at")}),
     )
     actions = (*OPERATION_ACTIONS, "back_up_now", "toggle_maintenance_lock", "suspend",
-               "unsuspend", "republish_edge")
+               "unsuspend", "republish_edge", "revoke_ide_tokens")
 
     def get_queryset(self, request):
         last = Operation.objects.filter(instance=OuterRef("pk")).order_by("-created_at")
@@ -247,6 +249,12 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
             return f"{inst.slug} (backup {backup.id}, operation {op.id})"
 
         act_on_each(request, queryset, act, lambda inst: inst.slug)
+
+    @admin.action(description="Revoke every IDE token of these servers", permissions=["change"])
+    def revoke_ide_tokens(self, request, queryset):
+        count = sum(ide_tokens_revoke(actor=admin_actor(request), server=server)
+                    for server in queryset)
+        messages.success(request, f"Revoked {count} unexpired IDE token(s).")
 
     @admin.action(description="Toggle maintenance lock", permissions=["change"])
     def toggle_maintenance_lock(self, request, queryset):
@@ -450,6 +458,30 @@ class ApiTokenAdmin(ReadOnlyAdmin):
             messages.success(request, "Revoked: " + ", ".join(revoked))
         if already:
             messages.warning(request, "Already revoked: " + ", ".join(already))
+
+
+@admin.register(IdeToken)
+class IdeTokenAdmin(ReadOnlyAdmin):
+    """Browser-IDE tokens issued to dev containers' owners (POST …/ide-token): the token itself
+    is never stored, only its id (jti) and times. Revoking one makes the IDE proxy refuse it, and
+    end the session it opened, from its next read of GET /api/v1/ide/revoked."""
+
+    list_display = ("id", "instance", "user", "created_at", "expires_at", "revoked_at",
+                    "revoked_by")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    list_select_related = ("instance", "user")
+    search_fields = ("=id", "instance__slug", "user__username")
+    actions = ("revoke",)
+
+    def has_revoke_permission(self, request) -> bool:
+        return has_model_permission(request, IdeToken, "change")
+
+    @admin.action(description="Revoke (the IDE proxy refuses them within seconds)",
+                  permissions=["revoke"])
+    def revoke(self, request, queryset):
+        count = ide_tokens_revoke(actor=admin_actor(request), tokens=queryset)
+        messages.success(request, f"Revoked {count} unexpired token(s); expired and already "
+                                  "revoked ones are left as they were.")
 
 
 @admin.register(AuditEvent)

@@ -63,6 +63,20 @@ class InvalidState(LifecycleError):
     http_status = 409
 
 
+class NotOwner(LifecycleError):
+    """Only the server's owner may do this (not even staff)."""
+
+    code = "permission_denied"
+    http_status = 403
+
+
+class Unavailable(LifecycleError):
+    """A feature this control plane is not configured for (not the caller's fault)."""
+
+    code = "unavailable"
+    http_status = 503
+
+
 class MappingInvalid(LifecycleError):
     """The mapping file cannot be used; `problems` names each bad line."""
 

@@ -7,6 +7,7 @@ from celery import shared_task
 from .services.backup_schedule import backup_schedule_tick
 from .services.backups import backup_remove, backup_sweep
 from .services.edge import velocity_resync_run
+from .services.ide_tokens import ide_tokens_prune
 from .worker.runner import operation_run
 from .worker.verify import backup_verify_run
 from .worker.sweeper import operation_sweep, quarantine_release, server_purge_due
@@ -44,7 +45,7 @@ def purge_due() -> int:
 
 @shared_task(name="lifecycle.release_quarantine", ignore_result=True)
 def release_quarantine() -> dict:
-    return quarantine_release()
+    return {**quarantine_release(), "ide_tokens_pruned": ide_tokens_prune()}
 
 
 @shared_task(name="lifecycle.velocity_resync", ignore_result=True)

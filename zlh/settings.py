@@ -200,6 +200,7 @@ REST_FRAMEWORK = {
         "user": env.str("API_THROTTLE_USER", default="600/min"),
         "anon": env.str("API_THROTTLE_ANON", default="60/min"),
         "create": env.str("API_THROTTLE_CREATE", default="60/min"),
+        "ide_token": env.str("API_THROTTLE_IDE_TOKEN", default="10/min"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -345,6 +346,13 @@ DEV_MIN_MEMORY_MB = env.int("DEV_MIN_MEMORY_MB", default=4096)
 # Where a dev container's browser IDE is served (the IDE proxy's wildcard route); {vmid} is
 # filled in per server.
 IDE_URL_TEMPLATE = env.str("IDE_URL_TEMPLATE", default="https://dev-{vmid}.ide.zerolaghub.com/")
+# Browser-IDE tokens (lifecycle/services/ide_tokens.py): HS256 keys shared with the IDE proxy,
+# comma-separated (the first signs, every one verifies: put a new key in front, give the proxy
+# both, drop the old one after IDE_TOKEN_TTL_SECONDS). Empty: the endpoint answers 503.
+IDE_TOKEN_SECRETS = env.list("IDE_TOKEN_SECRETS", default=[])
+IDE_TOKEN_TTL_SECONDS = env.int("IDE_TOKEN_TTL_SECONDS", default=300)
+# What the IDE proxy presents (Bearer) to read the revoked tokens (GET /api/v1/ide/revoked).
+IDE_PROXY_TOKEN = env.str("IDE_PROXY_TOKEN", default="")
 # Velocity "modern forwarding" secret, written into FabricProxy-Lite.toml / paper-global.yml.
 VELOCITY_FORWARDING_SECRET = env.str("VELOCITY_FORWARDING_SECRET", default="")
 

@@ -54,6 +54,16 @@ TECHNITIUM_TOKEN = _required("TECHNITIUM_TOKEN")
 VELOCITY_BRIDGE_TOKEN = _required("VELOCITY_BRIDGE_TOKEN")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
 
+# The browser IDE is optional; when it is configured, its keys must be strong and the IDE proxy
+# must be able to learn revocations.
+IDE_TOKEN_SECRETS = [k.strip() for k in IDE_TOKEN_SECRETS if k.strip()]  # noqa: F405
+_ide_weak = any(len(k) < 32 for k in IDE_TOKEN_SECRETS)
+if IDE_TOKEN_SECRETS and (_ide_weak or not IDE_PROXY_TOKEN.strip()):  # noqa: F405
+    raise ImproperlyConfigured(
+        "IDE_TOKEN_SECRETS needs keys of 32 or more random characters each, and IDE_PROXY_TOKEN "
+        "set (the IDE proxy reads revoked tokens with it); zlh.settings_production refuses to "
+        "start otherwise (see deploy/env.example).")
+
 # With the container firewall on, empty source lists would shut the control plane out of
 # every agent and Velocity out of every game server: refuse to start with them.
 if PROXMOX_FIREWALL:  # noqa: F405

@@ -1,8 +1,12 @@
 """Bearer-token authentication for the portal API (tokens stored hashed, see services.accounts)."""
 from __future__ import annotations
 
+import hmac
+
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import authentication, exceptions
+from rest_framework import authentication, exceptions, permissions
 
 from ..services.accounts import api_token_authenticate
 
@@ -38,3 +42,31 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer"}
+
+
+class IdeProxyAuthentication(BearerTokenAuthentication):
+    """The IDE proxy: `Authorization: Bearer <IDE_PROXY_TOKEN>` (compared in constant time; no
+    user behind it). Only the revoked-token list takes it."""
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].lower() != self.keyword.lower().encode():
+            return None
+        expected = settings.IDE_PROXY_TOKEN.strip().encode()
+        if len(header) != 2 or not expected or not hmac.compare_digest(header[1], expected):
+            raise exceptions.AuthenticationFailed("Invalid IDE proxy token.")
+        return AnonymousUser(), "ide-proxy"
+
+
+class IsIdeProxy(permissions.BasePermission):
+    def has_permission(self, request, view) -> bool:
+        return request.auth == "ide-proxy"
+
+
+class IdeProxyScheme(OpenApiAuthenticationExtension):
+    target_class = "lifecycle.api.auth.IdeProxyAuthentication"
+    name = "ideProxyAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "IDE_PROXY_TOKEN (the IDE proxy only)"}

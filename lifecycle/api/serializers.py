@@ -217,3 +217,20 @@ class CatalogSerializer(serializers.Serializer):
     kinds = CatalogKindSerializer(many=True)
     variants = CatalogVersionedSerializer(many=True, help_text="game server variants")
     runtimes = CatalogVersionedSerializer(many=True, help_text="dev container runtimes")
+
+
+class IdeTokenSerializer(serializers.Serializer):
+    url = serializers.CharField(help_text="the IDE with the token: open it in a browser (once; "
+                                          "the IDE proxy keeps its own session)")
+    token = serializers.CharField(help_text="the token alone (a JWT for the IDE proxy)")
+    expires_at = serializers.DateTimeField(help_text="open it before this")
+    jti = serializers.UUIDField(help_text="the token's id (what the operator revokes)")
+
+
+class IdeRevokedEntrySerializer(serializers.Serializer):
+    jti = serializers.UUIDField()
+    expires_at = serializers.DateTimeField()
+
+
+class IdeRevokedSerializer(serializers.Serializer):
+    revoked = IdeRevokedEntrySerializer(many=True)

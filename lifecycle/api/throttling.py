@@ -27,3 +27,7 @@ class AnonBurstThrottle(_FailOpen, AnonRateThrottle):
 
 class CreateThrottle(_FailOpen, UserRateThrottle):
     scope = "create"
+
+
+class IdeTokenThrottle(_FailOpen, UserRateThrottle):
+    scope = "ide_token"

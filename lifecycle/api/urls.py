@@ -5,6 +5,7 @@ from rest_framework.routers import SimpleRouter
 from .agents import HeartbeatView
 from .views import (
     CatalogView,
+    IdeRevokedView,
     NodeListView,
     OperationDetailView,
     QuotaView,
@@ -12,6 +13,7 @@ from .views import (
     ServerBackupRestoreAsNewView,
     ServerBackupRestoreView,
     ServerBackupsView,
+    ServerIdeTokenView,
     ServerViewSet,
     VelocityResyncView,
 )
@@ -29,6 +31,9 @@ urlpatterns = [
          ServerBackupRestoreAsNewView.as_view(), name="server-backup-restore-as-new"),
     path("operations/<uuid:pk>", OperationDetailView.as_view(), name="operation-detail"),
     path("catalog", CatalogView.as_view(), name="catalog"),
+    path("servers/<uuid:server_id>/ide-token", ServerIdeTokenView.as_view(),
+         name="server-ide-token"),
+    path("ide/revoked", IdeRevokedView.as_view(), name="ide-revoked"),
     path("me/quota", QuotaView.as_view(), name="me-quota"),
     path("nodes", NodeListView.as_view(), name="node-list"),
     path("velocity/resync", VelocityResyncView.as_view(), name="velocity-resync"),

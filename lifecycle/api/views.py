@@ -30,10 +30,13 @@ from ..operation_kinds import SPECS, OperationSpec
 from ..services.actions import server_request
 from ..services.audit import Actor
 from ..services.edge import velocity_resync_request
+from ..services.ide_tokens import ide_token_issue, ide_tokens_revoked
 from ..services.servers import server_create
 from .serializers import (
     BackupCreateInput,
     CatalogSerializer,
+    IdeRevokedSerializer,
+    IdeTokenSerializer,
     BackupSerializer,
     ErrorSerializer,
     VelocityResyncSerializer,
@@ -45,7 +48,8 @@ from .serializers import (
     ServerCreateInput,
     ServerSerializer,
 )
-from .throttling import CreateThrottle, UserBurstThrottle
+from .auth import IdeProxyAuthentication, IsIdeProxy
+from .throttling import AnonBurstThrottle, CreateThrottle, IdeTokenThrottle, UserBurstThrottle
 
 _ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Invalid input"),
@@ -336,6 +340,39 @@ class CatalogView(APIView):
         response = Response(CatalogSerializer(catalog_document()).data)
         response["Cache-Control"] = f"public, max-age={CATALOG_MAX_AGE}"
         return response
+
+
+class ServerIdeTokenView(APIView):
+    """The owner of a dev container with code-server: a short-lived token for its browser IDE
+    and the URL that carries it. Rate-limited (API_THROTTLE_IDE_TOKEN)."""
+
+    throttle_classes = [UserBurstThrottle, IdeTokenThrottle]
+
+    @extend_schema(request=None, responses={
+        201: IdeTokenSerializer,
+        403: OpenApiResponse(ErrorSerializer, description="Not the server's owner"),
+        409: OpenApiResponse(ErrorSerializer, description="No IDE (not a dev container with "
+                                                          "code-server), not running, suspended"),
+        503: OpenApiResponse(ErrorSerializer, description="The IDE is not configured"),
+        **_ERRORS})
+    def post(self, request, server_id):
+        issued = ide_token_issue(user=request.user, server=_server_for(request, server_id))
+        response = Response(IdeTokenSerializer(issued).data, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class IdeRevokedView(APIView):
+    """The IDE proxy only (IDE_PROXY_TOKEN): the revoked tokens it must refuse."""
+
+    authentication_classes = [IdeProxyAuthentication]
+    permission_classes = [IsIdeProxy]
+    throttle_classes = [AnonBurstThrottle]  # per address: a proxy polls every few seconds
+
+    @extend_schema(responses={200: IdeRevokedSerializer, 304: _NOT_MODIFIED,
+                              401: _ERRORS[401], 403: _ERRORS[403]})
+    def get(self, request):
+        return Response(IdeRevokedSerializer({"revoked": ide_tokens_revoked()}).data)
 
 
 class NodeListView(APIView):

@@ -5,6 +5,7 @@ from .agents import AgentCredential, AgentHeartbeat
 from .allocations import Allocation, AllocationPool
 from .backups import Backup
 from .audit import AuditEvent
+from .ide import IdeToken
 from .instances import ContainerInstance
 from .nodes import Node
 from .operations import Operation
@@ -21,6 +22,7 @@ __all__ = (
     "AuditEvent",
     "Backup",
     "ContainerInstance",
+    "IdeToken",
     "Node",
     "NodeTaskSlot",
     "Operation",

@@ -14,7 +14,8 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
-from lifecycle.models import ApiToken, AuditEvent, ContainerInstance, Operation
+from lifecycle.models import ApiToken, AuditEvent, ContainerInstance, IdeToken, Operation
+from lifecycle.services.ide_tokens import ide_token_issue
 from lifecycle.services.servers import server_create
 from notifications.models import ChannelState, Notification
 from notifications.services import notify_warning
@@ -101,8 +102,8 @@ def _snapshot(inst: ContainerInstance) -> tuple:
 
 def test_every_state_changing_server_action_is_covered_here():
     actions = _action_names(ReconciledServerAdmin)
-    assert actions == set(OPERATION_ACTIONS) | set(FLAG_ACTIONS) | {"republish_edge"} | \
-        READ_ONLY_ACTIONS
+    assert actions == set(OPERATION_ACTIONS) | set(FLAG_ACTIONS) | {
+        "republish_edge", "revoke_ide_tokens"} | READ_ONLY_ACTIONS
 
 
 def test_a_view_only_operator_is_offered_no_state_changing_action(viewer, changer, platform,
@@ -168,6 +169,38 @@ def test_a_view_only_operator_cannot_republish_the_edge(viewer, platform, alice)
     _assert_refused(resp)
     assert _snapshot(inst) == before
     assert not AuditEvent.objects.filter(action__startswith="edge").exists()
+
+
+def test_ide_tokens_are_revoked_only_with_the_change_permission(viewer, changer, platform,
+                                                                alice, settings):
+    settings.IDE_TOKEN_SECRETS = ["k" * 40]
+    inst = server_create(owner=alice.user, data={
+        "name": "my-ide", "kind": "dev", "plan": "modded", "runtime": "python",
+        "runtime_version": "3.12", "enable_code_server": True}).instance
+    ContainerInstance.objects.filter(pk=inst.pk).update(status="running")
+    inst.refresh_from_db()
+    first, second = (ide_token_issue(user=alice.user, server=inst) for _ in range(2))
+    tokens = "/admin/lifecycle/idetoken/"
+    assert viewer.get(tokens).status_code == 200 and _offered(viewer, tokens) == set()
+    assert _offered(changer, tokens) == {"revoke"}
+    for client in (viewer, changer):
+        assert str(first.jti) in client.get(tokens).content.decode()
+        assert first.token not in client.get(tokens).content.decode()  # never shown
+
+    one = {"action": "revoke", "_selected_action": [str(first.jti)]}
+    _assert_refused(viewer.post(tokens, one, follow=True))
+    all_of_server = {"action": "revoke_ide_tokens", "_selected_action": [str(inst.id)]}
+    _assert_refused(viewer.post(SERVERS, all_of_server, follow=True))
+    assert not IdeToken.objects.filter(revoked_at__isnull=False).exists()
+
+    resp = changer.post(tokens, one, follow=True)
+    assert "Revoked 1 unexpired token(s)" in resp.content.decode()
+    assert IdeToken.objects.get(pk=first.jti).revoked_by == "changer"
+    resp = changer.post(SERVERS, all_of_server, follow=True)
+    assert "Revoked 1 unexpired IDE token(s)" in resp.content.decode()  # the other one
+    assert IdeToken.objects.get(pk=second.jti).revoked_at is not None
+    assert AuditEvent.objects.filter(action="ide_tokens_revoked",
+                                     actor_label="changer").count() == 2
 
 
 def test_breakers_are_reset_only_with_the_change_permission(viewer, changer):

@@ -49,7 +49,13 @@ def test_make_demo_runs_every_sample_and_every_url_answers(tmp_path):
     for game in ("demo-vanilla", "demo-fabric"):  # how players connect, as the API says it
         line = rf"^  {game}:\s+players join at {game}\.[a-z0-9.-]+$"
         assert re.search(line, out, re.M), out[-3000:]
-    assert re.search(r"^  demo-ide:\s+IDE at https://dev-\d+\.\S+$", out, re.M), out[-3000:]
+    assert re.search(r"^  demo-ide:\s+IDE at http://127\.0\.0\.1:\d+/dev-\d+/$", out, re.M), \
+        out[-3000:]
+    # a working IDE URL with a token, and another token of its own opened it through the proxy
+    assert re.search(r"^  demo-ide:\s+open the IDE \(once, before \S+\): "
+                     r"http://127\.0\.0\.1:\d+/dev-\d+/\?zlh_ide_token=[\w.-]+$", out, re.M), \
+        out[-3000:]
+    assert re.search(r"^  demo-ide IDE\s+201 ok$", out, re.M), out[-3000:]
     for name in ("devstack", "api", "worker-lifecycle", "worker-repair", "worker-edge",
                  "worker-notify", "beat"):
         assert f"stopped {name} (pid" in out  # everything it started, stopped by pid

@@ -107,7 +107,7 @@ class Devstack:
     def reset(self, *, time_scale: float = 0.0) -> None:
         self.pve("POST", "/_sim/reset")
         self.agents("POST", "/_sim/reset")
-        for service in ("cloudflare", "technitium", "velocity", "discord"):
+        for service in ("cloudflare", "technitium", "velocity", "discord", "ide"):
             self.sim(service, "POST", "/_sim/reset")
         self.pve("POST", "/_sim/time-scale", json={"scale": time_scale})
 
