@@ -33,6 +33,9 @@ Agent API:
                                  the disk) {"holdSeconds"}: saving resumes by itself after that
   POST /agents/{vmid}/world/resume `save-on`
   GET  /agents/{vmid}/world      does the world load: {"loads", "seed", "generation", "error"}
+  GET  /agents/{vmid}/logs?tail=N  the newest N (1-1000) lines of the game's log: {"lines"}
+  POST /agents/{vmid}/console    {"command"}: one console command (409 unless the game runs):
+                                 {"accepted", "output": the lines it printed}
 
 The world and everything the agent keeps on disk (payload, installed files, credential) live
 on the container's disk: a backup (`DevPve` vzdump) copies them, and a container restored from
@@ -83,6 +86,12 @@ DISK_FIELDS = ("provisioning_complete", "payload", "seeded", "seeded_at", "world
 #: Bounds of how long saving may stay off after a flush (real seconds).
 SAVES_OFF_DEFAULT = 600.0
 SAVES_OFF_MAX = 3600.0
+LOG_KEEP = 2000
+STATE_LINES = {"starting": "Starting minecraft server", "running": 'Done! For help, type "help"',
+               "stopping": "Stopping the server", "stopped": "Saving worlds; stopped",
+               "crashed": "This crash report has been saved"}
+LOG_TAIL_MAX = 1000
+COMMAND_MAX = 1024
 
 
 @dataclass
@@ -128,6 +137,14 @@ class Agent:
     world: dict[str, Any] | None = None
     flushes: int = 0
     saves_off_until: float | None = None  # time.time() when saving resumes by itself
+    # The game's console log (the newest LOG_KEEP lines) and the commands it was sent.
+    log: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+
+    def say(self, line: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        self.log.append(f"[{stamp}] [Server thread/INFO]: {line}")
+        del self.log[:-LOG_KEEP]
 
     @property
     def saves_off(self) -> bool:
@@ -152,6 +169,7 @@ class Agent:
         self.state = state
         self.history.append((time.time(), state))
         del self.history[:-50]
+        self.say(STATE_LINES.get(state, f"state {state}"))
 
     def view(self) -> dict[str, Any]:
         return {
@@ -174,7 +192,7 @@ class Agent:
                     saves=self.saves, uncleanStops=self.unclean_stops,
                     payload=self.payload, history=self.history,
                     serverId=self.server_id, world=self.world, flushes=self.flushes,
-                    savesOff=self.saves_off,
+                    savesOff=self.saves_off, commands=self.commands,
                     heartbeats={"mode": self.heartbeat_mode, "sent": self.heartbeats_sent,
                                 "lastStatus": self.heartbeat_last_status,
                                 "sequence": self.heartbeat_seq, "url": self.heartbeat_url,
@@ -515,6 +533,47 @@ class AgentFleet:
         return json_response({"loads": True, "seed": world.get("seed"),
                               "generation": world.get("generation"), "error": None})
 
+    async def logs(self, request: web.Request) -> web.Response:
+        """The newest `tail` lines of the game's log (at most LOG_TAIL_MAX)."""
+        agent = await self._reach(request)
+        try:
+            tail = int(request.query.get("tail", "100"))
+        except ValueError:
+            return json_response({"error": "tail must be a number"}, 400)
+        if not 1 <= tail <= LOG_TAIL_MAX:
+            return json_response({"error": f"tail must be 1 to {LOG_TAIL_MAX}"}, 400)
+        return json_response({"lines": agent.log[-tail:]})
+
+    async def console(self, request: web.Request) -> web.Response:
+        """One console command; the lines the game printed for it."""
+        agent = await self._reach(request)
+        try:
+            command = str((await request.json())["command"])
+        except (ValueError, KeyError, TypeError):
+            return json_response({"error": "need command"}, 400)
+        if not command or len(command) > COMMAND_MAX or "\n" in command:
+            return json_response({"error": "one command of 1 to 1024 characters"}, 400)
+        if agent.state != "running":
+            return json_response({"error": f"the game is {agent.state}"}, 409)
+        agent.commands.append(command)
+        del agent.commands[:-200]
+        before = len(agent.log)
+        word, _, rest = command.partition(" ")
+        if word == "say":
+            agent.say(f"[Server] {rest}")
+        elif word == "list":
+            agent.say(f"There are {agent.players_online} of a max of 20 players online:")
+        elif word == "save-all":
+            agent.saves += 1
+            agent.last_save_at = time.time()
+            agent.say("Saved the game")
+        elif word == "stop":  # what the control plane never sends through here
+            agent.say("Stopping the server")
+            agent.set("stopped")
+        else:
+            agent.say("Unknown or incomplete command, see below for error")
+        return json_response({"accepted": True, "output": agent.log[before:][-100:]})
+
     def disk_of(self, vmid: int) -> dict[str, Any]:
         """The disk of container `vmid` as a backup copies it ({} before the agent ever ran)."""
         agent = self.agents.get(vmid)
@@ -716,6 +775,8 @@ class AgentFleet:
         r.add_post("/agents/{vmid}/world/flush", self.world_flush)
         r.add_post("/agents/{vmid}/world/resume", self.world_resume)
         r.add_get("/agents/{vmid}/world", self.world)
+        r.add_get("/agents/{vmid}/logs", self.logs)
+        r.add_post("/agents/{vmid}/console", self.console)
         add_sim_routes(app, self.table, self.reset)
         r.add_get("/_sim/agents", self.sim_list)
         r.add_post("/_sim/agents/install-error", self.sim_install_error)

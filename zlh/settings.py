@@ -201,6 +201,7 @@ REST_FRAMEWORK = {
         "anon": env.str("API_THROTTLE_ANON", default="60/min"),
         "create": env.str("API_THROTTLE_CREATE", default="60/min"),
         "ide_token": env.str("API_THROTTLE_IDE_TOKEN", default="10/min"),
+        "console": env.str("API_THROTTLE_CONSOLE", default="30/min"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

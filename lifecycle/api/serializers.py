@@ -234,3 +234,20 @@ class IdeRevokedEntrySerializer(serializers.Serializer):
 
 class IdeRevokedSerializer(serializers.Serializer):
     revoked = IdeRevokedEntrySerializer(many=True)
+
+
+class ServerLogsSerializer(serializers.Serializer):
+    lines = serializers.ListField(child=serializers.CharField(allow_blank=True),
+                                 help_text="the newest lines, oldest first (cleaned, redacted)")
+
+
+class ConsoleInput(StrictInputSerializer):
+    command = StrictCharField(max_length=1024, trim_whitespace=False,
+                              help_text="One console command (at most 256 characters, one "
+                                        "line), e.g. 'say hello'. stop, restart, save-off, "
+                                        "save-on and reload are refused: use the operations.")
+
+
+class ConsoleOutputSerializer(serializers.Serializer):
+    output = serializers.ListField(child=serializers.CharField(allow_blank=True),
+                                  help_text="what the game printed for it")

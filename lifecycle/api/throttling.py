@@ -31,3 +31,7 @@ class CreateThrottle(_FailOpen, UserRateThrottle):
 
 class IdeTokenThrottle(_FailOpen, UserRateThrottle):
     scope = "ide_token"
+
+
+class ConsoleThrottle(_FailOpen, UserRateThrottle):
+    scope = "console"

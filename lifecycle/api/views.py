@@ -30,11 +30,14 @@ from ..operation_kinds import SPECS, OperationSpec
 from ..services.actions import server_request
 from ..services.audit import Actor
 from ..services.edge import velocity_resync_request
+from ..services.console import LOG_TAIL_DEFAULT, LOG_TAIL_MAX, server_console, server_logs
 from ..services.ide_tokens import ide_token_issue, ide_tokens_revoked
 from ..services.servers import server_create
 from .serializers import (
     BackupCreateInput,
     CatalogSerializer,
+    ConsoleInput,
+    ConsoleOutputSerializer,
     IdeRevokedSerializer,
     IdeTokenSerializer,
     BackupSerializer,
@@ -46,10 +49,17 @@ from .serializers import (
     OperationSerializer,
     QuotaSerializer,
     ServerCreateInput,
+    ServerLogsSerializer,
     ServerSerializer,
 )
 from .auth import IdeProxyAuthentication, IsIdeProxy
-from .throttling import AnonBurstThrottle, CreateThrottle, IdeTokenThrottle, UserBurstThrottle
+from .throttling import (
+    AnonBurstThrottle,
+    ConsoleThrottle,
+    CreateThrottle,
+    IdeTokenThrottle,
+    UserBurstThrottle,
+)
 
 _ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Invalid input"),
@@ -360,6 +370,49 @@ class ServerIdeTokenView(APIView):
         response = Response(IdeTokenSerializer(issued).data, status=status.HTTP_201_CREATED)
         response["Cache-Control"] = "no-store"
         return response
+
+
+LOGS_TAIL_PARAM = OpenApiParameter(
+    "tail", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False,
+    description=f"How many of the newest lines (1 to {LOG_TAIL_MAX}, default "
+                f"{LOG_TAIL_DEFAULT}).")
+_AGENT_DOWN = OpenApiResponse(ErrorSerializer, description="The agent did not answer")
+
+
+class ServerLogsView(APIView):
+    """The newest lines of the server's log (the game's, or a dev container's agent's), through
+    its agent; cleaned of control characters and redacted. Audited."""
+
+    @extend_schema(parameters=[LOGS_TAIL_PARAM], responses={
+        200: ServerLogsSerializer,
+        409: OpenApiResponse(ErrorSerializer, description="Not running, or suspended"),
+        503: _AGENT_DOWN, **_ERRORS})
+    def get(self, request, server_id):
+        server = _server_for(request, server_id)
+        raw = request.query_params.get("tail", str(LOG_TAIL_DEFAULT))
+        tail = int(raw) if raw.isdigit() and len(raw) <= 6 else -1
+        lines = server_logs(actor=Actor.for_user(request.user), server=server, tail=tail)
+        return Response(ServerLogsSerializer({"lines": lines}).data)
+
+
+class ServerConsoleView(APIView):
+    """One console command to a running game server, through its agent; the lines it printed.
+    Audited, rate-limited (API_THROTTLE_CONSOLE)."""
+
+    throttle_classes = [UserBurstThrottle, ConsoleThrottle]
+
+    @extend_schema(request=ConsoleInput, responses={
+        200: ConsoleOutputSerializer,
+        409: OpenApiResponse(ErrorSerializer, description="Not a game server, not running, "
+                                                          "or suspended"),
+        503: _AGENT_DOWN, **_ERRORS})
+    def post(self, request, server_id):
+        server = _server_for(request, server_id)
+        data = ConsoleInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        output = server_console(actor=Actor.for_user(request.user), server=server,
+                                command=data.validated_data["command"])
+        return Response(ConsoleOutputSerializer({"output": output}).data)
 
 
 class IdeRevokedView(APIView):

@@ -1,4 +1,5 @@
-"""The agent inside each container: status, enrolment, provisioning payload, game start/stop.
+"""The agent inside each container: status, enrolment, provisioning payload, game start/stop,
+the game's log and console.
 
 Every call carries the server's own control token (`for_server`; see
 `services/agent_credentials.py` and `core/agent_tokens.py`), never a token shared between
@@ -90,6 +91,25 @@ class AgentWorld(Answer):
     seed: clipped(64) | None = None
     generation: pydantic.NonNegativeInt | None = None
     error: clipped(500) | None = None
+
+
+#: Most lines a log answer may carry, and a console answer.
+AGENT_LOG_LINES_MAX = 1000
+AGENT_CONSOLE_LINES_MAX = 100
+
+
+class AgentLogs(Answer):
+    """The answer to `GET /logs?tail=N`: the game's newest log lines (the tenant's own text)."""
+
+    lines: list[clipped(2000)] = pydantic.Field(max_length=AGENT_LOG_LINES_MAX)
+
+
+class AgentConsoleReply(Answer):
+    """The answer to `POST /console`: what the game printed for the command."""
+
+    accepted: bool
+    output: list[clipped(2000)] = pydantic.Field(default_factory=list,
+                                                 max_length=AGENT_CONSOLE_LINES_MAX)
 
 
 class AgentError(ExternalError):
@@ -186,6 +206,12 @@ class AgentClient:
 
     def world(self) -> dict[str, Any]:
         return self._request("GET", "/world", AgentWorld)
+
+    def logs(self, *, tail: int) -> dict[str, Any]:
+        return self._request("GET", f"/logs?tail={int(tail)}", AgentLogs)
+
+    def console(self, command: str) -> dict[str, Any]:
+        return self._request("POST", "/console", AgentConsoleReply, json={"command": command})
 
     def close(self) -> None:
         self.session.close()
