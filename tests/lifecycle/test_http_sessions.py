@@ -67,3 +67,45 @@ def test_sessions_read_the_environment_once_not_per_call(stack, monkeypatch):
     # Behind a proxy: read per call, so NO_PROXY is matched against each URL.
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     assert bounded_session(max_bytes=1024).trust_env is True
+
+
+def test_tls_connections_share_one_context_per_trust_setting_and_still_verify(stack, settings):
+    """A new TLS connection does not load the CA bundle again (one SSL context per process and
+    trust setting), and a client that verifies still refuses the devstack's self-signed
+    Proxmox: sharing the context changed the cost, not the check."""
+    import requests as _requests
+    import ssl
+
+    from core.http import tls_context
+
+    clients = []
+    for _ in range(3):  # three threads' clients: three connections, one context
+        thread = threading.Thread(target=lambda: clients.append(ProxmoxClient.shared()))
+        thread.start()
+        thread.join(timeout=10)
+    for client in clients:
+        client.cluster_resources()
+        pools = client.api._store["session"].get_adapter("https://x").poolmanager.pools
+        [pool] = pools._container.values()
+        assert pool.conn_kw["ssl_context"] is tls_context(verify=False)
+    assert tls_context(verify=False).verify_mode == ssl.CERT_NONE
+
+    settings.PROXMOX_VERIFY_SSL = True
+    checking = ProxmoxClient.from_settings()
+    try:
+        checking.cluster_resources()
+    except Exception as exc:  # proxmoxer wraps nothing: requests' SSLError comes through
+        chain = [exc, exc.__cause__, exc.__context__]
+        assert any(isinstance(e, (_requests.exceptions.SSLError, ssl.SSLError))
+                   or "CERTIFICATE_VERIFY_FAILED" in str(e) for e in chain if e), chain
+    else:
+        raise AssertionError("a verifying client accepted a self-signed certificate")
+    verifying = tls_context(verify=True, ca_certs=_ca_bundle())
+    assert verifying.check_hostname and verifying.verify_mode == ssl.CERT_REQUIRED
+    assert verifying is tls_context(verify=True, ca_certs=_ca_bundle())
+
+
+def _ca_bundle():
+    from core.http import ca_bundle
+    bundle = ca_bundle()
+    return bundle if isinstance(bundle, str) else __import__("certifi").where()
