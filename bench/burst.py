@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """A burst: N creates through the HTTP API at once (a launch day, a node back with its servers),
 against the devstack at a time scale where one provision alone takes a few seconds, with the
-deployed worker layout (zlh.celery.WORKER_POOLS: the lifecycle queue in one threaded process).
+deployed worker layout (zlh.celery.WORKER_POOLS / WORKER_PROCESSES: the lifecycle queue in
+threaded processes).
 
 Prints the time one provision takes alone, the time until all N run (and the ratio), the
 workers' memory (RSS of every worker process), and the most Proxmox tasks of each kind seen at
@@ -29,9 +30,15 @@ def main() -> int:
     parser.add_argument("--time-scale", type=float, default=0.25,
                         help="devstack time scale (create 4, install 6, boot 3 PVE seconds)")
     parser.add_argument("--timeout", type=float, default=900.0)
-    parser.add_argument("--lifecycle-processes", type=int, default=1,
-                        help="lifecycle worker processes (the deployed layout's threads split "
-                             "among them); one process runs Python on one core at a time")
+    parser.add_argument("--accounts", type=int, default=1,
+                        help="the creates spread over this many accounts (1: one account "
+                             "makes all N, every create waits on that account's quota row)")
+    parser.add_argument("--lifecycle-processes", type=int, default=None,
+                        help="lifecycle worker processes (default: the deployed layout's, "
+                             "zlh.celery.WORKER_PROCESSES); one process runs Python on one "
+                             "core at a time")
+    parser.add_argument("--lifecycle-threads", type=int, default=None,
+                        help="threads per lifecycle process (default: the deployed layout's)")
     args = parser.parse_args()
     with throwaway_database("burst"):
         return run(args)
@@ -69,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from tests.support.platform import game_body, make_user, seed_platform
     from tests.support.procs import child_env
     from tests.support.workers import start_worker
-    from zlh.celery import QUEUES, WORKER_POOLS
+    from zlh.celery import QUEUES, WORKER_POOLS, WORKER_PROCESSES
 
     workdir = Path(tempfile.mkdtemp(prefix="burst-"))
     stack = Devstack(workdir, time_scale=args.time_scale)
@@ -83,12 +90,13 @@ def run(args: argparse.Namespace) -> int:
         apply_settings(settings, env)
         seed_platform(vmids=(5000, 5000 + args.servers + 99), memory_mb=100_000_000,
                       ports=(30000, 30000 + args.servers + 99), subnet_prefix=20)
-        user = make_user("burst", max_servers=100_000)
+        users = [make_user(f"burst{i}", max_servers=100_000) for i in range(args.accounts)]
         pool, concurrency = WORKER_POOLS["lifecycle"]
-        share = max(1, concurrency // args.lifecycle_processes)
-        for i in range(args.lifecycle_processes):
+        processes = args.lifecycle_processes or WORKER_PROCESSES.get("lifecycle", 1)
+        concurrency = args.lifecycle_threads or concurrency
+        for i in range(processes):
             procs.append(start_worker(child_env(**env), workdir, name=f"lifecycle{i}",
-                                      pool=pool, concurrency=share, queues="lifecycle"))
+                                      pool=pool, concurrency=concurrency, queues="lifecycle"))
         others = [q for q in QUEUES if q != "lifecycle"]
         side_pool, side_concurrency = WORKER_POOLS[others[0]]
         procs.append(start_worker(child_env(**env), workdir, name="side", pool=side_pool,
@@ -103,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         http = requests.Session()
         # The portal's side: one kept connection per request in flight (not urllib3's 10).
         http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=args.servers))
-        http.headers["Authorization"] = f"Bearer {user.token}"
+        http.headers["Authorization"] = f"Bearer {users[0].token}"
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -117,21 +125,28 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.2)
 
         def create(name: str) -> str:
+            digits = "".join(ch for ch in name if ch.isdigit())
+            user = users[int(digits or 0) % len(users)]  # round robin over the accounts
             resp = http.post(f"{base}/servers", json=game_body(name), timeout=60,
-                             headers={"Idempotency-Key": name})
+                             headers={"Idempotency-Key": name,
+                                      "Authorization": f"Bearer {user.token}"})
             resp.raise_for_status()
             return resp.json()["id"]
 
         def wait_running(ids: list[str], peak_rss: list[float]) -> float:
-            started = time.monotonic()
+            started = sampled = time.monotonic()
             while ContainerInstance.objects.filter(pk__in=ids, status="running").count() < len(
                     ids):
-                peak_rss[0] = max(peak_rss[0], sum(_rss_mb(p.pid) for p in procs))
+                if time.monotonic() - sampled >= 1.0:  # the observer stays light: /proc at 1 Hz
+                    peak_rss[0] = max(peak_rss[0], sum(_rss_mb(p.pid) for p in procs))
+                    sampled = time.monotonic()
                 failed = ContainerInstance.objects.filter(pk__in=ids, status="failed").count()
                 if failed or time.monotonic() - started > args.timeout:
                     raise SystemExit(f"{failed} failed / timed out")
                 time.sleep(0.1)
-            return time.monotonic() - started
+            elapsed = time.monotonic() - started
+            peak_rss[0] = max(peak_rss[0], sum(_rss_mb(p.pid) for p in procs))
+            return elapsed
 
         rss = [0.0]
         t0 = time.monotonic()
@@ -149,9 +164,10 @@ def run(args: argparse.Namespace) -> int:
         peaks = stack.pve("GET", "/_sim/task-peaks")
         kinds = {"vzcreate": "create", "vzstart": "start", "vzshutdown": "stop",
                  "vzstop": "stop", "vzdump": "backup", "vzrestore": "restore"}
-        print(f"burst: {args.servers} creates through the API at once, time scale "
-              f"{args.time_scale}, lifecycle worker {pool} x {concurrency}"
-              f" in {args.lifecycle_processes} process(es)")
+        print(f"burst: {args.servers} creates through the API at once by {args.accounts} "
+              f"account(s), time scale "
+              f"{args.time_scale}, lifecycle workers: {processes} process(es) of {pool} x "
+              f"{concurrency}")
         print(f"  one provision alone            {single:.1f} s")
         print(f"  all {args.servers} accepted (202)         {accepted:.1f} s")
         print(f"  all {args.servers} running              {everything:.1f} s  "

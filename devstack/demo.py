@@ -437,7 +437,7 @@ def main() -> int:
     if sys.argv[1:2] == ["--guard"]:
         return guard(sys.argv[2], sys.argv[3])
     die_with_parent()  # make (or the shell) killed: the demo stops, and with it everything
-    from zlh.celery import QUEUES, WORKER_ENV, WORKER_POOLS  # one worker per queue, as deployed
+    from zlh.celery import QUEUES, WORKER_ENV, WORKER_POOLS, WORKER_PROCESSES  # as deployed
 
     port = int(os.environ.get("API_PORT", "8000"))
     samples = int(os.environ.get("DEMO_SAMPLES", "3"))
@@ -529,10 +529,13 @@ def main() -> int:
                             "--workers", "2", "--timeout", "60"])
         for queue in QUEUES:
             pool, concurrency = WORKER_POOLS[queue]
-            procs.start(f"worker-{queue}", [
-                PY, "-m", "celery", "-A", "zlh", "worker", "-Q", queue, "-P", pool,
-                "--concurrency", str(concurrency), "-n", f"{queue}@%h", "--without-gossip",
-                "--without-mingle", "--loglevel", "INFO"], env=WORKER_ENV.get(queue))
+            for n in range(1, WORKER_PROCESSES.get(queue, 1) + 1):
+                label = f"worker-{queue}" + (f"-{n}" if n > 1 else "")
+                procs.start(label, [
+                    PY, "-m", "celery", "-A", "zlh", "worker", "-Q", queue, "-P", pool,
+                    "--concurrency", str(concurrency), "-n", f"{queue}{n}@%h",
+                    "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+                    env=WORKER_ENV.get(queue))
         procs.start("beat", [PY, "-m", "celery", "-A", "zlh", "beat", "--loglevel", "INFO"])
         wait_ready(base, procs)
         # The IDE proxy reads revoked IDE tokens from the API (as the real one must).

@@ -3,6 +3,7 @@ queues are set in one place, by name (zlh/celery.py)."""
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import worker_init
 
 from .services.backup_schedule import backup_schedule_tick
 from .services.backups import backup_remove, backup_sweep
@@ -11,6 +12,15 @@ from .services.ide_tokens import ide_tokens_prune
 from .worker.runner import operation_run
 from .worker.verify import backup_verify_run
 from .worker.sweeper import operation_sweep, quarantine_release, server_purge_due
+from .operation_kinds import SPECS
+
+
+@worker_init.connect
+def _load_flows(**_kwargs) -> None:
+    """Import every operation kind's flow when a worker starts, not in its first operation of
+    that kind (in a burst, each process's first provisions would wait on the imports)."""
+    for spec in SPECS.values():
+        spec.load_flow()
 
 
 @shared_task(name="lifecycle.execute_operation", acks_late=True, ignore_result=True)

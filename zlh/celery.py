@@ -20,18 +20,23 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "zlh.settings")
 QUEUES = ("lifecycle", "repair", "edge", "notify")
 
 #: How each queue's worker runs, as deployed (deploy/Procfile, deploy/compose.yaml, the systemd
-#: units with deploy/systemd/worker-<queue>.env, `make demo`; a test keeps them in step): pool
-#: and concurrency. A lifecycle task spends its time waiting on Proxmox and the agents (a
-#: provision holds its task for minutes), so that queue runs many threads in one process: a
-#: waiting operation costs a thread, not a process. Each thread has its own database
-#: connection, closed after every task there (DB_CONN_MAX_AGE=0), so idle threads hold none.
-#: The other queues' tasks are short and few.
+#: units, `make demo`; a test keeps them in step): pool and concurrency per process. A
+#: lifecycle task spends its time waiting on Proxmox and the agents (a provision holds its task
+#: for minutes), so that queue runs many threads per process: a waiting operation costs a
+#: thread, not a process. Each thread has its own database connection, closed after every task
+#: there (DB_CONN_MAX_AGE=0), so idle threads hold none. The other queues' tasks are short and
+#: few.
 WORKER_POOLS: dict[str, tuple[str, int]] = {
-    "lifecycle": ("threads", 48),
+    "lifecycle": ("threads", 24),
     "repair": ("prefork", 2),
     "edge": ("prefork", 2),
     "notify": ("prefork", 2),
 }
+#: Worker processes per host and queue (1 unless said). One Python process runs on one core at
+#: a time (the GIL), and in a burst the lifecycle threads' own work (HTTP calls, SQL, parsing:
+#: ~160 ms of CPU per provision) fills that core: so the lifecycle queue runs in two processes
+#: of 24 threads, 48 operations in flight per host (docs/performance.md, the burst).
+WORKER_PROCESSES: dict[str, int] = {"lifecycle": 2}
 #: The environment a queue's worker runs with, on top of the deployment's.
 WORKER_ENV: dict[str, dict[str, str]] = {"lifecycle": {"DB_CONN_MAX_AGE": "0"}}
 

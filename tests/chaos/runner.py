@@ -93,7 +93,7 @@ class ChaosRun:
         self.beats = [start_beat(env, self.tmp_path, name=f"chaos-beat{i}") for i in range(2)]
 
     def _lifecycle_worker(self, env, name):
-        """As deployed (zlh.celery.WORKER_POOLS): many threads in one process."""
+        """As deployed (zlh.celery.WORKER_POOLS): many threads per process."""
         pool, concurrency = WORKER_POOLS["lifecycle"]
         return start_worker(env, self.tmp_path, name=name, concurrency=concurrency,
                             queues="lifecycle", pool=pool)

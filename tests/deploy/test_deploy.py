@@ -287,11 +287,12 @@ def test_systemd_units_verify(tmp_path):
         text = unit.read_text().replace("/opt/zlh", str(REPO)).replace(
             "/etc/zlh/zlh.env", str(tmp_path / "zlh.env")).replace("User=zlh", "User=root") \
             .replace("Group=zlh", "Group=root")
-        name = unit.name.replace("@.service", "@lifecycle.service")
+        name = unit.name.replace("-lifecycle@.service", "-lifecycle@1.service").replace(
+            "@.service", "@repair.service")
         (tmp_path / name).write_text(text)
     (tmp_path / "zlh.env").write_text("SECRET_KEY=x\n")
     units = sorted(str(p) for p in tmp_path.glob("*.service"))
-    assert len(units) == 3
+    assert len(units) == 4
     result = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True,
                             text=True, timeout=60)
     problems = [line for line in (result.stdout + result.stderr).splitlines()
@@ -301,9 +302,10 @@ def test_systemd_units_verify(tmp_path):
 
 
 def test_every_deployment_runs_each_queue_with_the_declared_pool():
-    """Procfile, compose, the systemd units and `make demo` run each queue's worker with the
-    pool, concurrency and environment of zlh.celery.WORKER_POOLS / WORKER_ENV."""
-    from zlh.celery import WORKER_ENV, WORKER_POOLS
+    """Procfile, compose, the systemd units and `make demo` run each queue's workers with the
+    pool, concurrency, environment and number of processes of zlh.celery.WORKER_POOLS /
+    WORKER_ENV / WORKER_PROCESSES."""
+    from zlh.celery import WORKER_ENV, WORKER_POOLS, WORKER_PROCESSES
 
     procfile = (REPO / "deploy" / "Procfile").read_text().splitlines()
     compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]
@@ -314,20 +316,31 @@ def test_every_deployment_runs_each_queue_with_the_declared_pool():
     assert "EnvironmentFile=-/etc/zlh/worker-%i.env" in unit
     demo = (REPO / "devstack" / "demo.py").read_text()
     assert "WORKER_POOLS[queue]" in demo and "env=WORKER_ENV.get(queue)" in demo
+    assert "WORKER_PROCESSES.get(queue, 1)" in demo
+    assert WORKER_PROCESSES["lifecycle"] >= 2
     for queue, (pool, concurrency) in WORKER_POOLS.items():
         env = WORKER_ENV.get(queue, {})
-        line = next(ln for ln in procfile if ln.startswith(f"worker-{queue}:"))
-        assert f"-P {pool} " in line, line
-        assert re.search(rf"-c (\$\{{\w+:-)?{concurrency}\b", line), line
-        assert all(f"{k}={v}" in line for k, v in env.items()), line
-        cmd = compose[f"worker-{queue}"]["command"]
+        processes = WORKER_PROCESSES.get(queue, 1)
+        lines = [ln for ln in procfile if re.match(rf"worker-{queue}(-\d+)?:", ln)]
+        assert len(lines) == processes, lines
+        names = set()
+        for line in lines:
+            assert f"-Q {queue} -P {pool} " in line, line
+            assert re.search(rf"-c (\$\{{\w+:-)?{concurrency}\b", line), line
+            assert all(f"{k}={v}" in line for k, v in env.items()), line
+            names.add(re.search(r"-n (\S+)", line).group(1))
+        assert len(names) == processes, names  # each process its own node name
+        service = compose[f"worker-{queue}"]
+        cmd = service["command"]
         assert cmd[cmd.index("-P") + 1] == pool and cmd[cmd.index("-c") + 1] == str(concurrency)
-        assert compose[f"worker-{queue}"].get("environment", {}) == env
-        envfile = REPO / "deploy" / "systemd" / f"worker-{queue}.env"
-        if (pool, concurrency) == ("prefork", 2) and not env:
-            assert not envfile.exists(), envfile
+        assert service.get("environment", {}) == env
+        assert service.get("deploy", {}).get("replicas", 1) == processes
+        if queue == "lifecycle":  # its own unit template, one instance per process
+            own = (REPO / "deploy" / "systemd" / "zlh-worker-lifecycle@.service").read_text()
+            assert f"-Q lifecycle -P {pool} -c ${{ZLH_LIFECYCLE_THREADS}}" in own
+            assert f"Environment=ZLH_LIFECYCLE_THREADS={concurrency}" in own
+            assert all(f"Environment={k}={v}" in own for k, v in env.items())
+            assert "-n lifecycle%i@%H" in own
             continue
-        values = dict(ln.split("=", 1) for ln in envfile.read_text().splitlines()
-                      if ln and not ln.startswith("#"))
-        assert values == {"ZLH_WORKER_POOL": pool, "ZLH_WORKER_CONCURRENCY": str(concurrency),
-                          **env}, values
+        assert (pool, concurrency, processes) == ("prefork", 2, 1) and not env, queue
+        assert not (REPO / "deploy" / "systemd" / f"worker-{queue}.env").exists()
