@@ -78,6 +78,7 @@ class OperationKind(models.TextChoices):
     ROTATE_CREDENTIAL = "rotate_credential", "Rotate agent credential"
     BACKUP = "backup", "Back up"
     RESTORE_BACKUP = "restore_backup", "Restore from a backup"
+    RESIZE = "resize", "Change plan"
 
 
 class OperationState(models.TextChoices):

@@ -151,6 +151,16 @@ SPECS: dict[str, OperationSpec] = {spec.kind: spec for spec in (
         flow=f"{_FLOWS}.restores.RESTORE_BACKUP",
         description="Replace the server's container by one restored from a backup (a backup "
                     "of the current state is taken first); IP, ports and address stay."),
+    OperationSpec(
+        kind=K.RESIZE,
+        # Requested through POST /servers/{id}/resize (services.resizes.server_resize_request),
+        # which moves the plan, the quota and the node's memory at once. The status stays.
+        requestable_from=frozenset({S.RUNNING, S.STOPPED}),
+        begins_from=frozenset({S.RUNNING, S.STOPPED}),
+        working=None, ends_in=None, desired_after=None,
+        flow=f"{_FLOWS}.resize.RESIZE", needs_unsuspended=True,
+        description="Give the container its plan's memory, cores and disk (the disk only "
+                    "grows); a running game server restarts to take the new memory."),
 )}
 
 

@@ -36,7 +36,7 @@ from django_celery_beat.models import (
 from rest_framework.test import APIClient
 
 from lifecycle.choices import InstanceStatus, OperationKind, OperationState
-from lifecycle.models import Adoption, Backup, NodeTaskSlot
+from lifecycle.models import Adoption, Backup, IdeToken, NodeTaskSlot
 from lifecycle.services.accounts import api_token_create
 from lifecycle.services.audit import Actor
 from tests.factories import (
@@ -219,6 +219,15 @@ def seeded(db, admin_user) -> dict[str, Any]:
         Adoption.objects.create(instance=server, vmid=server.vmid, node=server.node.name,
                                 state="done" if i else "tagged", original_tags="old-api",
                                 edge=[{"source": "cloudflare", "kind": "mark"}])
+    # IDE tokens: three issued, one revoked.
+    from datetime import timedelta
+
+    from django.utils import timezone
+    for i, server in enumerate(servers[:3]):
+        IdeToken.objects.create(instance=server, user=server.owner, created_at=timezone.now(),
+                                expires_at=timezone.now() + timedelta(minutes=5),
+                                revoked_at=timezone.now() if i == 0 else None,
+                                revoked_by="operator" if i == 0 else "")
     _seed_beat()
     return {"alice": alice, "alice_token": alice_raw, "staff": staff, "staff_token": staff_raw,
             "bob": bob, "servers": servers, "nodes": nodes,

@@ -251,3 +251,9 @@ class ConsoleInput(StrictInputSerializer):
 class ConsoleOutputSerializer(serializers.Serializer):
     output = serializers.ListField(child=serializers.CharField(allow_blank=True),
                                   help_text="what the game printed for it")
+
+
+class ResizeInput(StrictInputSerializer):
+    plan = StrictCharField(max_length=32, help_text="The plan to move to (GET /catalog: the "
+                                                    "plans of the server's kind). The disk "
+                                                    "only grows.")

@@ -16,6 +16,7 @@ from .views import (
     ServerConsoleView,
     ServerIdeTokenView,
     ServerLogsView,
+    ServerResizeView,
     ServerViewSet,
     VelocityResyncView,
 )
@@ -35,6 +36,7 @@ urlpatterns = [
     path("catalog", CatalogView.as_view(), name="catalog"),
     path("servers/<uuid:server_id>/ide-token", ServerIdeTokenView.as_view(),
          name="server-ide-token"),
+    path("servers/<uuid:server_id>/resize", ServerResizeView.as_view(), name="server-resize"),
     path("servers/<uuid:server_id>/logs", ServerLogsView.as_view(), name="server-logs"),
     path("servers/<uuid:server_id>/console", ServerConsoleView.as_view(),
          name="server-console"),

@@ -32,6 +32,7 @@ from ..services.audit import Actor
 from ..services.edge import velocity_resync_request
 from ..services.console import LOG_TAIL_DEFAULT, LOG_TAIL_MAX, server_console, server_logs
 from ..services.ide_tokens import ide_token_issue, ide_tokens_revoked
+from ..services.resizes import server_resize_request
 from ..services.servers import server_create
 from .serializers import (
     BackupCreateInput,
@@ -48,6 +49,7 @@ from .serializers import (
     NodeSerializer,
     OperationSerializer,
     QuotaSerializer,
+    ResizeInput,
     ServerCreateInput,
     ServerLogsSerializer,
     ServerSerializer,
@@ -350,6 +352,28 @@ class CatalogView(APIView):
         response = Response(CatalogSerializer(catalog_document()).data)
         response["Cache-Control"] = f"public, max-age={CATALOG_MAX_AGE}"
         return response
+
+
+class ServerResizeView(APIView):
+    """Move the server to another plan: quota and node capacity are checked at once (409 /
+    503), the server's sizes change now and the `resize` operation gives them to its container
+    (a running game server restarts to take the new memory)."""
+
+    @extend_schema(request=ResizeInput, responses={
+        202: OperationSerializer,
+        409: OpenApiResponse(ErrorSerializer, description="Quota exceeded, not running or "
+                                                          "stopped, suspended, or an "
+                                                          "operation is in progress"),
+        503: OpenApiResponse(ErrorSerializer, description="No room on the server's node"),
+        **_ERRORS})
+    def post(self, request, server_id):
+        server = _server_for(request, server_id)
+        data = ResizeInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        op = server_resize_request(instance_id=server.id, plan=data.validated_data["plan"],
+                                   actor=Actor.for_user(request.user))
+        return Response(OperationSerializer(op).data, status=status.HTTP_202_ACCEPTED,
+                        headers={"Location": f"/api/v1/operations/{op.id}"})
 
 
 class ServerIdeTokenView(APIView):

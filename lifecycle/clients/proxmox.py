@@ -169,6 +169,15 @@ class ContainerConfig(Answer):
     hostname: str | None = None
 
 
+class PendingEntry(Answer):
+    """One key of `/nodes/{node}/lxc/{vmid}/pending`."""
+
+    key: str = pydantic.Field(max_length=64)
+    value: Any = None
+    pending: Any = None
+    delete: int | None = None
+
+
 class ContainerStatus(Answer):
     status: str = pydantic.Field(max_length=32)
 
@@ -382,6 +391,21 @@ class ProxmoxClient:
             params["digest"] = digest
         self._call(f"change the config of CT {vmid}",
                    lambda: self.api.nodes(node).lxc(vmid).config.put(**params))
+
+    def ct_pending(self, node: str, vmid: int) -> list[dict[str, Any]]:
+        """`/pending`: each config key with its value and, when a change waits for the next
+        start (a running container could not take it), `pending` (or `delete`)."""
+        return self._call(f"read the pending changes of CT {vmid}",
+                          lambda: self.api.nodes(node).lxc(vmid).pending.get(),
+                          list[PendingEntry])
+
+    def ct_resize(self, node: str, vmid: int, *, disk: str, size: str) -> str | None:
+        """Grow a volume of the container (`size` absolute, e.g. "32G"; PVE refuses to
+        shrink); a UPID, or None when PVE did it at once."""
+        return self._call(f"resize {disk} of CT {vmid} to {size}",
+                          lambda: self.api.nodes(node).lxc(vmid).resize.put(disk=disk,
+                                                                            size=size),
+                          Upid | None)
 
     # --- writes (each returns a UPID) -------------------------------------------------------------
     def ct_create(self, node: str, vmid: int, **params: Any) -> str:

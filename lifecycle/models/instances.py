@@ -40,6 +40,9 @@ class ContainerInstance(models.Model):
     vmid = models.PositiveIntegerField(null=True, blank=True, db_index=True)
     ip = models.GenericIPAddressField(protocol="IPv4", null=True, blank=True)
     ports = models.JSONField(default=dict, blank=True)
+    #: The agent must get its configuration again (a game server resized while stopped: the
+    #: game's memory); sent at the next start, then cleared.
+    reconfigure_at_start = models.BooleanField(default=False)
 
     status = models.CharField(
         max_length=16, choices=InstanceStatus.choices, default=InstanceStatus.PENDING

@@ -57,9 +57,9 @@ def test_statuses_named_are_real(kind):
 IN_PLACE = [k for k in KINDS if SPECS[k].working is None]
 
 
-def test_only_credential_rotation_backups_and_restores_from_backups_keep_the_status():
+def test_only_credential_rotation_backups_restores_from_backups_and_resizes_keep_the_status():
     assert IN_PLACE == [OperationKind.ROTATE_CREDENTIAL, OperationKind.BACKUP,
-                        OperationKind.RESTORE_BACKUP]
+                        OperationKind.RESTORE_BACKUP, OperationKind.RESIZE]
     for kind in IN_PLACE:
         spec = SPECS[kind]
         assert spec.ends_in is None and spec.desired_after is None

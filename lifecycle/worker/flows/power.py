@@ -7,9 +7,11 @@ from core.errors import ExternalError
 
 from ...choices import InstanceStatus as S
 from ...clients.proxmox import PowerState
+from ...models import ContainerInstance
 from ..context import OperationContext
 from ..steps import RESTART_STOP_DONE, Step
 from ..steps.agent import agent_session, wait_ready
+from ..steps.payload import provisioning_payload
 from ..steps.edge import publish_step, velocity_unregister_step
 from ..steps.proxmox import container_power, container_start, container_stop, proxmox
 from ..steps.status import begin, finish, record_failure, settle_on_failure
@@ -25,6 +27,12 @@ def start_steps(ctx: OperationContext, *, also: tuple[tuple[str, Any], ...] = ()
     # A rotation made while stopped is delivered here.
     agent, _ = agent_session(ctx, inst, also=also)
     try:
+        if inst.reconfigure_at_start:
+            # Resized while stopped (or mid-resize): the game takes its new configuration
+            # (memory) in place before it starts; the world is kept.
+            agent.provision({**provisioning_payload(inst), "reconfigure": True})
+            ContainerInstance.objects.filter(pk=inst.pk).update(reconfigure_at_start=False)
+            ctx.note("configuration sent again (new plan)")
         agent.game_start()
         wait_ready(ctx, agent)
     finally:

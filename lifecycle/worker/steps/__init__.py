@@ -24,6 +24,7 @@ class Step(StrEnum):
     BACKED_UP = "backed_up"      # the backup a destructive step takes first is ready
     RESTORED = "restored"        # a backup was restored into the temporary container
     SWAPPED = "swapped"          # the server's VMID is the restored container's now
+    RESIZED = "resized"          # the container has the plan's memory, cores and disk
     DONE = "done"                # the operation succeeded
 
 
