@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 from datetime import timedelta
@@ -16,7 +17,7 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -46,6 +47,23 @@ def notify(channel: str, title: str, body: str = "", *, fields: list[dict[str, A
     """Write a notification; returns the row, or None when an alert repeat was suppressed."""
     if channel not in Channel.values:
         raise ValueError(f"unknown channel {channel!r}")
+    if transaction.get_connection().in_atomic_block:  # the caller's transaction decides
+        return _notify(channel, title, body, fields=fields, alert_key=alert_key,
+                       payload=payload, mention=mention, subject=subject)
+    for attempt in range(1, 4):  # our own transaction: InnoDB rolled it back, run it again
+        try:
+            return _notify(channel, title, body, fields=fields, alert_key=alert_key,
+                           payload=payload, mention=mention, subject=subject)
+        except OperationalError as exc:
+            if exc.args[0] not in (1205, 1213) or attempt == 3:
+                raise
+            time.sleep(0.02 * 2 ** attempt * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
+
+
+def _notify(channel: str, title: str, body: str, *, fields: list[dict[str, Any]] | None,
+            alert_key: str, payload: dict[str, Any] | None, mention: bool,
+            subject: str) -> Notification | None:
     with transaction.atomic():
         if alert_key and not _alert_should_send(alert_key, channel, title):
             return None
@@ -84,16 +102,15 @@ def notify_lifecycle(title: str, body: str = "", **kwargs: Any) -> Notification 
 
 
 def _alert_row(alert_key: str, channel: str) -> AlertState:
-    """The alert's state row, locked (created on first use; a creation race is retried)."""
-    for _ in range(3):
-        row = AlertState.objects.select_for_update().filter(alert_key=alert_key).first()
-        if row is not None:
-            return row
+    """The alert's state row, locked. Made first with a plain insert when it does not exist
+    (a racing insert waits on the key, then finds it): a locking read of a missing row takes a
+    gap lock, and two of those followed by inserts deadlock."""
+    if not AlertState.objects.filter(alert_key=alert_key).exists():
         try:
             with transaction.atomic():
                 AlertState.objects.create(alert_key=alert_key, channel=channel)
         except IntegrityError:
-            continue
+            pass  # made by the racing call: locked and read below
     return AlertState.objects.select_for_update().get(alert_key=alert_key)
 
 

@@ -224,3 +224,22 @@ def test_a_running_dev_container_changes_online_without_a_restart(stack, worker,
     assert stack.agent(inst.vmid)["boots"] == boots  # hotplugged: nothing restarted
     assert not any("restart" in e["msg"] for e in op.log)
     assert not ContainerInstance.objects.get(pk=inst.pk).reconfigure_at_start
+
+
+def test_a_resize_cut_off_mid_restart_goes_on_from_its_checkpoint(stack, worker, owner):
+    """The start after the resize's stop fails once (a retryable Proxmox 500): the next attempt
+    does not resize or stop again, it starts, reconfigures the game and publishes it."""
+    inst = wait_status(server_create(owner=owner.user, data=game_body("cutoff")).instance.id,
+                       "running")
+    stack.fault(method="POST", path=rf"/nodes/pve\d/lxc/{inst.vmid}/status/start",
+                status=500, body="got timeout", count=1)
+    op = op_done(server_resize_request(instance_id=inst.id, plan="modded",
+                                       actor=Actor.system("t")).id, timeout=90)
+    assert op.state == "succeeded" and op.attempt == 2, op.log
+    msgs = [e["msg"] for e in op.log]
+    assert sum(m.startswith("set memory") for m in msgs) == 1, msgs  # applied once
+    assert stack.agent(inst.vmid)["payload"]["memoryMb"] == 4096
+    row = ContainerInstance.objects.get(pk=inst.pk)
+    assert row.status == "running" and not row.reconfigure_at_start
+    registered = {s["name"] for s in stack.velocity_servers()}
+    assert "cutoff" in registered

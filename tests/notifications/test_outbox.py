@@ -180,3 +180,35 @@ def test_callers_do_not_fail_or_wait_when_redis_is_down(stack):
     for channel in CHANNELS:
         channel_send(channel)
     assert len(delivered(stack)) == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_first_firing_of_an_alert_from_many_threads_at_once_is_one_message():
+    """Eight threads (eight connections) fire a new alert at the same moment: no deadlock
+    reaches a caller, and the dedupe makes one message of them."""
+    import threading
+
+    from django.db import connection
+
+    from notifications.models import Notification
+    from notifications.services import notify_warning
+
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def fire():
+        try:
+            barrier.wait(timeout=10)
+            notify_warning("Out of capacity", "all at once", alert_key="race-alert")
+        except BaseException as exc:  # noqa: BLE001 - any error fails the test below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=fire) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert Notification.objects.filter(alert_key="race-alert").count() == 1

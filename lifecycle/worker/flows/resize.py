@@ -72,13 +72,16 @@ def _apply(ctx: OperationContext, pve: ProxmoxClient, inst: ContainerInstance) -
                if e["key"] in ("memory", "cores") and e.get("pending") is not None]
     if waiting:
         ctx.note(f"{', '.join(waiting)} wait for a restart (not hotpluggable now)")
-    return bool(waiting) or (inst.kind == Kind.GAME and "memory" in changes)
+    # The game takes its memory at a start: restart a game server whose memory moved, now or
+    # in an earlier attempt or operation (a re-applied failed resize has from == to).
+    moved = ctx.params.get("from", {}).get("memory_mb") != inst.memory_mb or (
+        ctx.params.get("from") == ctx.params.get("to"))
+    return bool(waiting) or (inst.kind == Kind.GAME and ("memory" in changes or moved))
 
 
 def _run(ctx: OperationContext) -> None:
     inst = ctx.instance()
-    restart = False
-    if ctx.step != Step.RESIZED:
+    if "restart" not in ctx.params:  # a retry after this point goes on with the restart
         restart = _apply(ctx, proxmox(), inst)
         ctx.remember(restart=restart)
         ctx.checkpoint(Step.RESIZED, f"CT {inst.vmid}: {inst.memory_mb} MB, {inst.cores} "
@@ -101,4 +104,12 @@ def _run(ctx: OperationContext) -> None:
         ctx.succeed()
 
 
-RESIZE = Flow(run=_run, on_failure=record_failure)
+def _on_failure(ctx: OperationContext, error: dict[str, Any]) -> None:
+    """Keep the status and say why; a game server whose resize failed gets its configuration
+    again at its next start, whatever the container took meanwhile."""
+    record_failure(ctx, error)
+    ContainerInstance.objects.filter(pk=ctx.instance_id, kind=Kind.GAME).update(
+        reconfigure_at_start=True)
+
+
+RESIZE = Flow(run=_run, on_failure=_on_failure)
