@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import time
 from datetime import timedelta
@@ -17,12 +16,13 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from core.clock import db_after, db_now
+from core.db import retry_on_lock_conflict
 
 from . import discord
 from .choices import Channel, DeliveryState, Kind
@@ -47,20 +47,13 @@ def notify(channel: str, title: str, body: str = "", *, fields: list[dict[str, A
     """Write a notification; returns the row, or None when an alert repeat was suppressed."""
     if channel not in Channel.values:
         raise ValueError(f"unknown channel {channel!r}")
-    if transaction.get_connection().in_atomic_block:  # the caller's transaction decides
-        return _notify(channel, title, body, fields=fields, alert_key=alert_key,
-                       payload=payload, mention=mention, subject=subject)
-    for attempt in range(1, 4):  # our own transaction: InnoDB rolled it back, run it again
-        try:
-            return _notify(channel, title, body, fields=fields, alert_key=alert_key,
-                           payload=payload, mention=mention, subject=subject)
-        except OperationalError as exc:
-            if exc.args[0] not in (1205, 1213) or attempt == 3:
-                raise
-            time.sleep(0.02 * 2 ** attempt * random.uniform(0.5, 1.5))
-    raise AssertionError("unreachable")
+    # Its own transaction is run again on a lock conflict; inside a caller's, the caller's
+    # retry decides (core.db.retry_on_lock_conflict).
+    return _notify(channel, title, body, fields=fields, alert_key=alert_key,
+                   payload=payload, mention=mention, subject=subject)
 
 
+@retry_on_lock_conflict
 def _notify(channel: str, title: str, body: str, *, fields: list[dict[str, Any]] | None,
             alert_key: str, payload: dict[str, Any] | None, mention: bool,
             subject: str) -> Notification | None:

@@ -84,7 +84,7 @@ _db["OPTIONS"].update(
     {
         "charset": "utf8mb4",
         "isolation_level": "read committed",
-        # Short lock waits: a create that waits longer is retried as a whole (see lifecycle.db).
+        # Short lock waits: a create that waits longer is retried as a whole (see core.db).
         # The session time zone is pinned to UTC: `Now()` (the database clock every deadline
         # is judged by, see core/clock.py) is then UTC like every datetime Django writes,
         # whatever the server's global time zone (Debian's default: the host's).

@@ -26,6 +26,9 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             raw = header[1].decode("ascii")
         except UnicodeDecodeError as exc:
             raise exceptions.AuthenticationFailed("The token contains invalid characters.") from exc
+        return self.authenticate_credentials(raw)
+
+    def authenticate_credentials(self, raw: str):
         token = api_token_authenticate(raw=raw)
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
@@ -48,12 +51,9 @@ class IdeProxyAuthentication(BearerTokenAuthentication):
     """The IDE proxy: `Authorization: Bearer <IDE_PROXY_TOKEN>` (compared in constant time; no
     user behind it). Only the revoked-token list takes it."""
 
-    def authenticate(self, request):
-        header = authentication.get_authorization_header(request).split()
-        if not header or header[0].lower() != self.keyword.lower().encode():
-            return None
-        expected = settings.IDE_PROXY_TOKEN.strip().encode()
-        if len(header) != 2 or not expected or not hmac.compare_digest(header[1], expected):
+    def authenticate_credentials(self, raw: str):
+        expected = settings.IDE_PROXY_TOKEN.strip()
+        if not expected or not hmac.compare_digest(raw.encode(), expected.encode()):
             raise exceptions.AuthenticationFailed("Invalid IDE proxy token.")
         return AnonymousUser(), "ide-proxy"
 

@@ -21,7 +21,7 @@ from ..choices import (
     OperationKind,
 )
 from ..choices import InstanceStatus as S
-from ..db import retry_on_lock_conflict
+from core.db import retry_on_lock_conflict
 from ..errors import InvalidState
 from ..models import Backup, ContainerInstance, Operation
 from ..operation_kinds import spec_for

@@ -30,7 +30,7 @@ from core.clock import db_now
 from ..catalog import BACKUP_POLICIES, BackupPolicy
 from ..choices import BackupKind, BackupState, OperationKind, OperationState
 from ..choices import InstanceStatus as S
-from ..db import named_lock
+from core.db import named_lock
 from ..errors import LifecycleError, QuotaExceeded
 from ..models import Backup, ContainerInstance, Operation
 from .audit import Actor

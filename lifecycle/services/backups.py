@@ -36,7 +36,7 @@ from ..choices import (
     OperationKind,
     OperationState,
 )
-from ..db import retry_on_lock_conflict
+from core.db import retry_on_lock_conflict
 from ..errors import InvalidState, QuotaExceeded
 from ..models import AccountQuota, Backup, ContainerInstance, Operation
 from ..operation_kinds import spec_for

@@ -16,7 +16,7 @@ from django.db.models.lookups import LessThanOrEqual
 
 from notifications.services import notify_warning
 
-from ..db import retry_on_lock_conflict
+from core.db import retry_on_lock_conflict
 from ..errors import LifecycleError
 from ..models import ContainerInstance, Node
 from .audit import Actor, audit_record

@@ -21,7 +21,7 @@ from notifications.services import notify_warning
 
 from ..catalog import PLANS
 from ..choices import OperationKind, OperationState
-from ..db import retry_on_lock_conflict
+from core.db import retry_on_lock_conflict
 from ..errors import CapacityExhausted, InvalidRequest, InvalidState, QuotaExceeded
 from ..models import AccountQuota, ContainerInstance, Node, Operation
 from ..operation_kinds import spec_for

@@ -16,7 +16,7 @@ from notifications.services import notify_warning
 
 from ..catalog import PLANS, PORT_ROLES
 from ..choices import DesiredState, InstanceStatus, OperationKind, PoolKind
-from ..db import retry_on_lock_conflict
+from core.db import retry_on_lock_conflict
 from ..errors import (
     CapacityExhausted,
     IdempotencyMismatch,

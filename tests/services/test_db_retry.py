@@ -6,7 +6,7 @@ import threading
 import pytest
 from django.db import OperationalError, connection, transaction
 
-from lifecycle.db import is_lock_conflict, retry_on_lock_conflict
+from core.db import is_lock_conflict, retry_on_lock_conflict
 from lifecycle.models import AccountQuota
 from tests.support.platform import make_user
 

@@ -23,7 +23,7 @@ from edge.services import EdgeClients
 from ...choices import AdoptionState, AllocationState, DesiredState, InstanceStatus, Kind, \
     OperationKind
 from ...clients.proxmox import PowerState, ProxmoxClient, ProxmoxError, parse_tags
-from ...db import named_lock, retry_on_lock_conflict
+from core.db import named_lock, retry_on_lock_conflict
 from ...errors import AdoptionRefused, LifecycleError
 from ...firewall import enabled as firewall_enabled
 from ...models import AccountQuota, Adoption, Allocation, ContainerInstance, Node

@@ -12,7 +12,7 @@ from edge.services import EdgeClients
 
 from ...choices import ACTIVE_OPERATION_STATES, AdoptionState, DesiredState, InstanceStatus
 from ...clients.proxmox import ProxmoxClient, parse_tags
-from ...db import named_lock
+from core.db import named_lock
 from ...errors import AdoptionRefused
 from ...firewall import parse_marker
 from ...models import Adoption, Allocation, ContainerInstance, Node, Operation
