@@ -10,6 +10,8 @@ staff user with view permissions only can look at everything and steer nothing.
 """
 from __future__ import annotations
 
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
 from django.db.models import Count, OuterRef, Q, Subquery
@@ -22,9 +24,11 @@ from core.admin import ReadOnlyAdmin, ReadOnlyInline, badge, pretty_json
 from core.redaction import redact
 from notifications.models import Notification
 
+from .catalog import PLANS
 from .choices import InstanceStatus
 from .errors import LifecycleError
 from .models import (
+    AccountProfile,
     AccountQuota,
     Adoption,
     Allocation,
@@ -37,6 +41,7 @@ from .models import (
     Node,
     NodeTaskSlot,
     Operation,
+    ServerSchedule,
 )
 from .operation_kinds import SPECS, OperationSpec
 from .services.accounts import api_token_revoke
@@ -45,8 +50,25 @@ from .services.audit import Actor, audit_record
 from .services.backups import backup_delete_request, backup_request, backup_restore_request
 from .services.edge import server_republish_edge
 from .services.ide_tokens import ide_tokens_revoke
+from .services.resizes import server_resize_request
+from .services.schedules import (
+    DAY_NAMES,
+    profile_set_time_zone,
+    schedule_create,
+    schedule_delete,
+    schedule_problems,
+    schedule_update,
+    time_zone_errors,
+    weekdays_from_names,
+    weekdays_to_names,
+)
 
 S = InstanceStatus
+
+
+def days_text(mask: int) -> str:
+    names = weekdays_to_names(mask)
+    return "every day" if len(names) == 7 else ", ".join(names)
 
 
 def admin_actor(request) -> Actor:
@@ -112,6 +134,22 @@ class AllocationInline(ReadOnlyInline):
     readonly_fields = fields
 
 
+class ScheduleInline(ReadOnlyInline):
+    model = ServerSchedule
+    fields = ("action", "local_time", "days_text", "announce_minutes", "enabled",
+              "next_run_at", "last_result", "last_run_at")
+    readonly_fields = fields
+    show_change_link = True
+
+    @admin.display(description="time (owner's zone)")
+    def local_time(self, obj):
+        return obj.time_of_day.strftime("%H:%M")
+
+    @admin.display(description="days")
+    def days_text(self, obj):
+        return days_text(obj.weekdays)
+
+
 class AuditInline(ReadOnlyInline):
     model = AuditEvent
     fields = ("at", "actor_label", "action", "from_status", "to_status", "data_json")
@@ -133,7 +171,7 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
     list_per_page = 100
     show_full_result_count = False
     ordering = ("-created_at",)
-    inlines = (OperationInline, AllocationInline, AuditInline)
+    inlines = (OperationInline, ScheduleInline, AllocationInline, AuditInline)
     readonly_fields = ("id", "name", "slug", "owner", "kind", "variant", "version", "plan",
                        "memory_mb", "cores", "disk_gb", "runtime", "runtime_version",
                        "enable_code_server", "node", "vmid", "ip", "ports_text", "status_badge",
@@ -151,8 +189,8 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
         ("Notifications", {"fields": ("notifications_table",)}),
         ("Times", {"fields": ("created_at", "updated_at")}),
     )
-    actions = (*OPERATION_ACTIONS, "back_up_now", "toggle_maintenance_lock", "suspend",
-               "unsuspend", "republish_edge", "revoke_ide_tokens")
+    actions = (*OPERATION_ACTIONS, "change_plan", "back_up_now", "toggle_maintenance_lock",
+               "suspend", "unsuspend", "republish_edge", "revoke_ide_tokens")
 
     def get_queryset(self, request):
         last = Operation.objects.filter(instance=OuterRef("pk")).order_by("-created_at")
@@ -239,6 +277,25 @@ class ContainerInstanceAdmin(admin.ModelAdmin):
             values = {k: (not getattr(inst, k)) if v is None else v for k, v in flags.items()}
             server_set_flags(instance_id=inst.id, actor=admin_actor(request), **values)
         messages.success(request, f"{description}: {', '.join(i.slug for i in queryset)}")
+
+    @admin.action(description="Change plan…", permissions=["change"])
+    def change_plan(self, request, queryset):
+        """A resize through the same service as the API; the plan is asked for first."""
+        plan = request.POST.get("plan", "")
+        if not plan:
+            context = {**self.admin_site.each_context(request), "title": "Change plan",
+                       "queryset": queryset, "opts": self.model._meta,
+                       "plans": list(PLANS.items()), "action_name": "change_plan",
+                       "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
+            return TemplateResponse(request, "admin/lifecycle/change_plan.html", context)
+
+        def act(inst):
+            op = server_resize_request(instance_id=inst.id, plan=plan,
+                                       actor=admin_actor(request))
+            return f"{inst.slug} to {plan} (resize operation {op.id})"
+
+        act_on_each(request, queryset, act, lambda inst: inst.slug)
+        return None
 
     @admin.action(description="Back up now (counts against the owner's backup quota)",
                   permissions=["change"])
@@ -381,6 +438,133 @@ class AccountQuotaAdmin(admin.ModelAdmin):
                      data={"user": obj.user.get_username(), "max_servers": obj.max_servers,
                            "max_memory_mb": obj.max_memory_mb,
                            "max_backups": obj.max_backups, "max_backup_gb": obj.max_backup_gb})
+
+
+@admin.register(AccountProfile)
+class AccountProfileAdmin(admin.ModelAdmin):
+    """An account's time zone; changing it moves the account's schedules with it."""
+
+    list_display = ("user", "time_zone", "updated_at")
+    search_fields = ("user__username",)
+    raw_id_fields = ("user",)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+
+        class ProfileForm(form):
+            def clean_time_zone(self):
+                value = self.cleaned_data["time_zone"]
+                problems = time_zone_errors(value)
+                if problems:
+                    raise forms.ValidationError(problems)
+                return value
+
+        return ProfileForm
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("user",) if obj else ()
+
+    def save_model(self, request, obj, form, change):
+        profile = profile_set_time_zone(actor=admin_actor(request), user=obj.user,
+                                        time_zone=obj.time_zone)
+        obj.pk = profile.pk
+
+
+class ScheduleForm(forms.ModelForm):
+    """The schedule with its days as check boxes; checked by the same rules as the API."""
+
+    days = forms.MultipleChoiceField(choices=[(d, d) for d in DAY_NAMES],
+                                     widget=forms.CheckboxSelectMultiple,
+                                     initial=list(DAY_NAMES))
+
+    class Meta:
+        model = ServerSchedule
+        fields = ("instance", "action", "time_of_day", "announce_minutes", "enabled")
+        help_texts = {"time_of_day": "HH:MM, local time in the owner's time zone."}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["days"].initial = weekdays_to_names(self.instance.weekdays)
+
+    def clean(self):
+        data = super().clean()
+        server = data.get("instance") or getattr(self.instance, "instance", None)
+        if server is None or self.errors:
+            return data
+        when = data.get("time_of_day")
+        if when is not None and (when.second or when.microsecond):
+            self.add_error("time_of_day", "Hours and minutes only.")
+            return data
+        values = {"action": data.get("action"), "time_of_day": when,
+                  "weekdays": weekdays_from_names(data.get("days") or []),
+                  "announce_minutes": data.get("announce_minutes"),
+                  "enabled": data.get("enabled")}
+        names = {"time": "time_of_day", "days": "days"}
+        for field, problems in schedule_problems(server, values).items():
+            self.add_error(names.get(field, field), problems)
+        if ServerSchedule.objects.filter(instance=server, action=values["action"],
+                                         time_of_day=when).exclude(pk=self.instance.pk).exists():
+            self.add_error("time_of_day", f"This server already has a {values['action']} at "
+                                          "that time; change that schedule's days instead.")
+        data["weekdays"] = values["weekdays"]
+        return data
+
+
+@admin.register(ServerSchedule)
+class ServerScheduleAdmin(admin.ModelAdmin):
+    """Owners' schedules; added and changed through the same service as the API (so its next
+    time is placed, the change audited) and removable here."""
+
+    form = ScheduleForm
+    list_display = ("instance", "action", "local_time", "days_col", "owner_zone",
+                    "announce_minutes", "enabled", "next_run_at", "result_badge",
+                    "last_run_at")
+    list_filter = ("action", "enabled", "last_result")
+    search_fields = ("instance__slug", "=instance__id", "instance__owner__username")
+    list_select_related = ("instance", "instance__owner__profile")
+    raw_id_fields = ("instance",)
+    readonly_fields = ("next_run_at", "announced_for", "last_run_at", "last_result",
+                       "last_message", "last_operation", "created_at", "updated_at")
+    ordering = ("next_run_at",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields + (("instance",) if obj else ())
+
+    @admin.display(description="time", ordering="time_of_day")
+    def local_time(self, obj):
+        return obj.time_of_day.strftime("%H:%M")
+
+    @admin.display(description="days")
+    def days_col(self, obj):
+        return days_text(obj.weekdays)
+
+    @admin.display(description="owner's time zone")
+    def owner_zone(self, obj):
+        profile = getattr(obj.instance.owner, "profile", None)
+        return profile.time_zone if profile else f"{settings.ACCOUNT_DEFAULT_TIME_ZONE} (default)"
+
+    @admin.display(description="last", ordering="last_result")
+    def result_badge(self, obj):
+        return badge(obj.last_result) if obj.last_result else "-"
+
+    def save_model(self, request, obj, form, change):
+        values = {name: getattr(obj, name) for name in
+                  ("action", "time_of_day", "announce_minutes", "enabled")}
+        values["weekdays"] = form.cleaned_data["weekdays"]
+        if change:
+            saved = schedule_update(actor=admin_actor(request), schedule_id=obj.pk, **values)
+        else:
+            saved = schedule_create(actor=admin_actor(request), server=obj.instance, **values)
+        obj.pk = saved.pk
+        obj.next_run_at = saved.next_run_at
+
+    def delete_model(self, request, obj):
+        schedule_delete(actor=admin_actor(request), schedule_id=obj.pk)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            schedule_delete(actor=admin_actor(request), schedule_id=obj.pk)
 
 
 @admin.register(Backup)

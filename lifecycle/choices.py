@@ -171,3 +171,24 @@ class NodeTaskKind(models.TextChoices):
     STOP = "stop", "Stop or shut down a container"
     BACKUP = "backup", "Back up (vzdump)"
     RESTORE = "restore", "Restore from a backup"
+
+
+class ScheduleAction(models.TextChoices):
+    """What a server's schedule asks for at its time: the operation of the same name."""
+
+    RESTART = "restart", "Restart"
+    STOP = "stop", "Stop"
+    START = "start", "Start"
+
+
+class ScheduleResult(models.TextChoices):
+    """What happened the last time a schedule's time came."""
+
+    REQUESTED = "requested", "Requested"
+    #: Another operation was in progress: this time is skipped, the next one stands.
+    SKIPPED_BUSY = "skipped_busy", "Skipped: another operation in progress"
+    #: The server was not in a state the action applies to (a restart of a stopped server).
+    SKIPPED_STATE = "skipped_state", "Skipped: not applicable in the server's state"
+    #: Its time passed while no tick ran (beat down longer than SERVER_SCHEDULE_MISFIRE_SECONDS):
+    #: not run late, and never run more than once for the times missed.
+    MISSED = "missed", "Missed: too late to run"

@@ -9,6 +9,7 @@ from .services.backup_schedule import backup_schedule_tick
 from .services.backups import backup_remove, backup_sweep
 from .services.edge import velocity_resync_run
 from .services.ide_tokens import ide_tokens_prune
+from .services.schedules import schedule_announce, server_schedule_tick
 from .worker.runner import operation_run
 from .worker.verify import backup_verify_run
 from .worker.sweeper import operation_sweep, quarantine_release, server_purge_due
@@ -61,3 +62,13 @@ def release_quarantine() -> dict:
 @shared_task(name="lifecycle.velocity_resync", ignore_result=True)
 def velocity_resync_task() -> dict:
     return velocity_resync_run()
+
+
+@shared_task(name="lifecycle.server_schedules", ignore_result=True)
+def server_schedules() -> dict:
+    return server_schedule_tick()
+
+
+@shared_task(name="lifecycle.schedule_announce", ignore_result=True)
+def schedule_announce_task(schedule_id: str, due: str) -> str:
+    return schedule_announce(schedule_id=schedule_id, due=due)

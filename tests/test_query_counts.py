@@ -228,6 +228,16 @@ def seeded(db, admin_user) -> dict[str, Any]:
                                 expires_at=timezone.now() + timedelta(minutes=5),
                                 revoked_at=timezone.now() if i == 0 else None,
                                 revoked_by="operator" if i == 0 else "")
+    # Schedules: three on alice's first server, one on each other server; two time zones set.
+    from datetime import time as dt_time
+
+    from lifecycle.services.schedules import profile_set_time_zone, schedule_create
+    profile_set_time_zone(actor=SYSTEM, user=alice, time_zone="Europe/Berlin")
+    profile_set_time_zone(actor=SYSTEM, user=bob, time_zone="America/New_York")
+    for i, server in enumerate(s for s in servers if s.status != InstanceStatus.DELETED):
+        for hour in ((4, 5, 6) if i == 0 else (3,)):
+            schedule_create(actor=SYSTEM, server=server, action="restart",
+                            time_of_day=dt_time(hour, 0))
     _seed_beat()
     return {"alice": alice, "alice_token": alice_raw, "staff": staff, "staff_token": staff_raw,
             "bob": bob, "servers": servers, "nodes": nodes,
@@ -299,6 +309,8 @@ API_PAGES = [
     ("GET /api/v1/nodes as staff", "/api/v1/nodes", "staff", 2),
     ("GET /api/v1/me/quota as user", "/api/v1/me/quota", "alice", None),
     ("GET /api/v1/servers/{id}/backups as user", "/api/v1/servers/{alice_server}/backups",
+     "alice", 3),
+    ("GET /api/v1/servers/{id}/schedules as user", "/api/v1/servers/{alice_server}/schedules",
      "alice", 3),
 ]
 

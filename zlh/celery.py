@@ -49,6 +49,8 @@ TASK_QUEUES: dict[str, str] = {
     "lifecycle.backup_remove": "lifecycle",
     "lifecycle.backup_schedule": "lifecycle",
     "lifecycle.backup_verify": "lifecycle",
+    "lifecycle.server_schedules": "lifecycle",
+    "lifecycle.schedule_announce": "lifecycle",
     "lifecycle.velocity_resync": "edge",
     "reconciler.run_cycle": "repair",
     "reconciler.repair": "repair",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -152,6 +154,8 @@ ZLH_BACKUP_SCHEDULE_INTERVAL_SECONDS = env.int("ZLH_BACKUP_SCHEDULE_INTERVAL_SEC
                                                default=300)
 ZLH_BACKUP_VERIFY_INTERVAL_SECONDS = env.int("ZLH_BACKUP_VERIFY_INTERVAL_SECONDS",
                                              default=6 * 3600)
+ZLH_SERVER_SCHEDULE_INTERVAL_SECONDS = env.int("ZLH_SERVER_SCHEDULE_INTERVAL_SECONDS",
+                                               default=30)
 
 
 def _every(seconds: int, task: str) -> dict:
@@ -171,6 +175,8 @@ CELERY_BEAT_SCHEDULE = {
                                            "lifecycle.backup_schedule"),
     "lifecycle: verify backups": _every(ZLH_BACKUP_VERIFY_INTERVAL_SECONDS,
                                         "lifecycle.backup_verify"),
+    "lifecycle: server schedules": _every(ZLH_SERVER_SCHEDULE_INTERVAL_SECONDS,
+                                          "lifecycle.server_schedules"),
 }
 CELERY_TIMEZONE = "UTC"
 # A publish that cannot reach Redis fails fast instead of hanging the request; the operation row
@@ -283,6 +289,21 @@ BACKUP_SCHEDULE_INTERVAL_SECONDS = env.int("BACKUP_SCHEDULE_INTERVAL_SECONDS", d
 BACKUP_VERIFY = env.bool("BACKUP_VERIFY", default=True)
 BACKUP_VERIFY_SAMPLE = env.int("BACKUP_VERIFY_SAMPLE", default=2)
 BACKUP_VERIFY_TIMEOUT_SECONDS = env.int("BACKUP_VERIFY_TIMEOUT_SECONDS", default=3600)
+# Per-server schedules (lifecycle/services/schedules.py), checked every
+# ZLH_SERVER_SCHEDULE_INTERVAL_SECONDS by beat: at most SERVER_SCHEDULES_MAX per server; a time
+# first seen more than SERVER_SCHEDULE_MISFIRE_SECONDS late (beat was down) is recorded as
+# missed, not run late. An account without a time zone of its own uses
+# ACCOUNT_DEFAULT_TIME_ZONE (an IANA name).
+SERVER_SCHEDULES_ENABLED = env.bool("SERVER_SCHEDULES_ENABLED", default=True)
+SERVER_SCHEDULES_MAX = env.int("SERVER_SCHEDULES_MAX", default=10)
+SERVER_SCHEDULE_MISFIRE_SECONDS = env.int("SERVER_SCHEDULE_MISFIRE_SECONDS", default=900)
+ACCOUNT_DEFAULT_TIME_ZONE = env.str("ACCOUNT_DEFAULT_TIME_ZONE", default="UTC")
+try:
+    ZoneInfo(ACCOUNT_DEFAULT_TIME_ZONE)
+except (ValueError, ZoneInfoNotFoundError) as exc:
+    raise ImproperlyConfigured(
+        f"ACCOUNT_DEFAULT_TIME_ZONE={ACCOUNT_DEFAULT_TIME_ZONE!r} is not an IANA time zone "
+        "name (e.g. UTC, Europe/Berlin).") from exc
 # A server whose container is gone (`missing`) is provisioned again from its latest ready
 # backup, when it has one (the user's retry, or the reconciler's level-2 recreate).
 RECREATE_FROM_LATEST_BACKUP = env.bool("RECREATE_FROM_LATEST_BACKUP", default=True)

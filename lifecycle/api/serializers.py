@@ -1,11 +1,27 @@
 """API input and output shapes. Input serializers check types; the service checks the catalog."""
 from __future__ import annotations
 
+from datetime import time as dt_time
+
 from rest_framework import serializers
 
 from ..catalog import DEV_RUNTIMES, PLANS
-from ..choices import DesiredState, InstanceStatus, Kind, OperationKind, OperationState, Variant
-from ..models import Backup, ContainerInstance, Operation
+from ..choices import (
+    DesiredState,
+    InstanceStatus,
+    Kind,
+    OperationKind,
+    OperationState,
+    ScheduleAction,
+    Variant,
+)
+from ..models import Backup, ContainerInstance, Operation, ServerSchedule
+from ..services.schedules import (
+    ANNOUNCE_MAX_MINUTES,
+    DAY_NAMES,
+    weekdays_from_names,
+    weekdays_to_names,
+)
 from ..selectors import server_address, server_ide_url
 
 
@@ -257,3 +273,88 @@ class ResizeInput(StrictInputSerializer):
     plan = StrictCharField(max_length=32, help_text="The plan to move to (GET /catalog: the "
                                                     "plans of the server's kind). The disk "
                                                     "only grows.")
+
+
+_DAYS_HELP = "Days of the week it runs on (default: every day)."
+
+
+class ScheduleInput(StrictInputSerializer):
+    """A schedule as the portal sends it (POST: `action` and `time` required; PATCH: any)."""
+
+    action = serializers.ChoiceField(choices=ScheduleAction.choices,
+                                     help_text="The operation asked for at that time.")
+    time = serializers.RegexField(r"^([01]\d|2[0-3]):[0-5]\d$", max_length=5,
+                                  help_text="Local time HH:MM in the owner's time zone "
+                                            "(GET /me/profile).")
+    days = serializers.ListField(child=serializers.ChoiceField(choices=list(DAY_NAMES)),
+                                 min_length=1, max_length=7, required=False,
+                                 help_text=_DAYS_HELP)
+    announce_minutes = serializers.IntegerField(
+        min_value=0, max_value=ANNOUNCE_MAX_MINUTES, required=False,
+        help_text="Game servers, restart or stop: tell the players in game this many minutes "
+                  "before (0: no announcement).")
+    enabled = serializers.BooleanField(required=False)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            minutes = data.get("announce_minutes", 0)  # no quiet "5" -> 5 or true -> 1
+            if isinstance(minutes, bool) or not isinstance(minutes, int):
+                raise serializers.ValidationError({"announce_minutes": ["A whole number."]})
+            days = data.get("days", [])
+            unknown = [d for d in days if d not in DAY_NAMES] if isinstance(days, list) else []
+            if unknown:
+                raise serializers.ValidationError({"days": [
+                    f"Not a day: {str(unknown[0])[:16]!r}; use {', '.join(DAY_NAMES)}."]})
+        return super().to_internal_value(data)
+
+    def service_values(self) -> dict:
+        """The validated fields, named as the schedule service takes them."""
+        data = dict(self.validated_data)
+        out = {}
+        if "action" in data:
+            out["action"] = data["action"]
+        if "time" in data:
+            hours, minutes = data["time"].split(":")
+            out["time_of_day"] = dt_time(int(hours), int(minutes))
+        if "days" in data:
+            out["weekdays"] = weekdays_from_names(data["days"])
+        for name in ("announce_minutes", "enabled"):
+            if name in data:
+                out[name] = data[name]
+        return out
+
+
+class ScheduleSerializer(serializers.ModelSerializer):
+    server = serializers.UUIDField(source="instance_id", read_only=True)
+    time = serializers.SerializerMethodField()
+    days = serializers.SerializerMethodField()
+    time_zone = serializers.SerializerMethodField()
+    last_operation = serializers.UUIDField(source="last_operation_id", read_only=True,
+                                           allow_null=True)
+
+    class Meta:
+        model = ServerSchedule
+        fields = ("id", "server", "action", "time", "days", "time_zone", "announce_minutes",
+                  "enabled", "next_run_at", "last_run_at", "last_result", "last_message",
+                  "last_operation", "created_at")
+        read_only_fields = fields
+
+    def get_time(self, obj) -> str:
+        return obj.time_of_day.strftime("%H:%M")
+
+    def get_days(self, obj) -> list[str]:
+        return weekdays_to_names(obj.weekdays)
+
+    def get_time_zone(self, obj) -> str:
+        """The owner's time zone, which `time` is in."""
+        return self.context["time_zone"]
+
+
+class ProfileSerializer(serializers.Serializer):
+    time_zone = serializers.CharField(
+        help_text="IANA time zone name; the account's schedules run at local times in it.")
+
+
+class ProfileInput(StrictInputSerializer):
+    time_zone = StrictCharField(max_length=64, help_text="IANA time zone name, e.g. "
+                                                         "'Europe/Berlin'.")

@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from .. import selectors
 from ..catalog import catalog_document
-from ..models import Operation
+from ..models import Operation, ServerSchedule
 from ..services.accounts import quota_ensure, quota_usage
 from ..services.backups import (
     backup_delete_request,
@@ -33,6 +33,13 @@ from ..services.edge import velocity_resync_request
 from ..services.console import LOG_TAIL_DEFAULT, LOG_TAIL_MAX, server_console, server_logs
 from ..services.ide_tokens import ide_token_issue, ide_tokens_revoked
 from ..services.resizes import server_resize_request
+from ..services.schedules import (
+    profile_set_time_zone,
+    schedule_create,
+    schedule_delete,
+    schedule_update,
+    time_zone_of,
+)
 from ..services.servers import server_create
 from .serializers import (
     BackupCreateInput,
@@ -48,8 +55,12 @@ from .serializers import (
     RestoreInput,
     NodeSerializer,
     OperationSerializer,
+    ProfileInput,
+    ProfileSerializer,
     QuotaSerializer,
     ResizeInput,
+    ScheduleInput,
+    ScheduleSerializer,
     ServerCreateInput,
     ServerLogsSerializer,
     ServerSerializer,
@@ -473,3 +484,82 @@ class VelocityResyncView(APIView):
     def post(self, request):
         return Response(VelocityResyncSerializer(velocity_resync_request()).data,
                         status=status.HTTP_202_ACCEPTED)
+
+
+def _schedule_for(request, server_id, schedule_id):
+    server = _server_for(request, server_id)
+    schedule = ServerSchedule.objects.filter(pk=schedule_id, instance_id=server.id).first()
+    if schedule is None:
+        raise NotFound("No such schedule.")
+    return server, schedule
+
+
+def _schedule_answer(server, schedule, code=status.HTTP_200_OK) -> Response:
+    context = {"time_zone": time_zone_of(server.owner_id)}
+    return Response(ScheduleSerializer(schedule, context=context).data, status=code)
+
+
+class ServerSchedulesView(APIView):
+    """A server's schedules: at a local time in the owner's time zone, on some days of the
+    week, the schedule asks for a restart, stop or start like the owner would (skipped while
+    another operation is in progress; never run twice or late). A game server's restart or stop
+    can be announced in game minutes before."""
+
+    @extend_schema(responses={200: ScheduleSerializer(many=True), **_ERRORS})
+    def get(self, request, server_id):
+        server = _server_for(request, server_id)
+        context = {"time_zone": time_zone_of(server.owner_id)}
+        rows = ServerSchedule.objects.filter(instance_id=server.id)
+        return Response(ScheduleSerializer(rows, many=True, context=context).data)
+
+    @extend_schema(request=ScheduleInput, responses={
+        201: ScheduleSerializer,
+        409: OpenApiResponse(ErrorSerializer, description="The server is deleted"),
+        **_ERRORS})
+    def post(self, request, server_id):
+        server = _server_for(request, server_id)
+        data = ScheduleInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        schedule = schedule_create(actor=Actor.for_user(request.user), server=server,
+                                   **data.service_values())
+        response = _schedule_answer(server, schedule, status.HTTP_201_CREATED)
+        response["Location"] = f"/api/v1/servers/{server.id}/schedules/{schedule.id}"
+        return response
+
+
+class ServerScheduleDetailView(APIView):
+    @extend_schema(responses={200: ScheduleSerializer, **_ERRORS})
+    def get(self, request, server_id, schedule_id):
+        return _schedule_answer(*_schedule_for(request, server_id, schedule_id))
+
+    @extend_schema(request=ScheduleInput(partial=True),
+                   responses={200: ScheduleSerializer, **_ERRORS})
+    def patch(self, request, server_id, schedule_id):
+        server, schedule = _schedule_for(request, server_id, schedule_id)
+        data = ScheduleInput(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        schedule = schedule_update(actor=Actor.for_user(request.user), schedule_id=schedule.id,
+                                   **data.service_values())
+        return _schedule_answer(server, schedule)
+
+    @extend_schema(request=None, responses={204: None, **_ERRORS})
+    def delete(self, request, server_id, schedule_id):
+        _server, schedule = _schedule_for(request, server_id, schedule_id)
+        schedule_delete(actor=Actor.for_user(request.user), schedule_id=schedule.id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ProfileView(APIView):
+    """The caller's account preferences: the time zone its schedules run in."""
+
+    @extend_schema(responses={200: ProfileSerializer, 401: _ERRORS[401]})
+    def get(self, request):
+        return Response(ProfileSerializer({"time_zone": time_zone_of(request.user.pk)}).data)
+
+    @extend_schema(request=ProfileInput, responses={200: ProfileSerializer, **_ERRORS})
+    def patch(self, request):
+        data = ProfileInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        profile = profile_set_time_zone(actor=Actor.for_user(request.user), user=request.user,
+                                        time_zone=data.validated_data["time_zone"])
+        return Response(ProfileSerializer({"time_zone": profile.time_zone}).data)

@@ -1,5 +1,5 @@
 """Authoritative lifecycle models, one module per sub-domain."""
-from .accounts import AccountQuota, ApiToken
+from .accounts import AccountProfile, AccountQuota, ApiToken
 from .adoptions import Adoption
 from .agents import AgentCredential, AgentHeartbeat
 from .allocations import Allocation, AllocationPool
@@ -9,9 +9,11 @@ from .ide import IdeToken
 from .instances import ContainerInstance
 from .nodes import Node
 from .operations import Operation
+from .schedules import ServerSchedule
 from .slots import NodeTaskSlot
 
 __all__ = (
+    "AccountProfile",
     "AccountQuota",
     "Adoption",
     "AgentCredential",
@@ -26,4 +28,5 @@ __all__ = (
     "Node",
     "NodeTaskSlot",
     "Operation",
+    "ServerSchedule",
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-__all__ = ("AccountQuota", "ApiToken")
+__all__ = ("AccountProfile", "AccountQuota", "ApiToken")
 
 
 class AccountQuota(models.Model):
@@ -44,3 +44,18 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+
+class AccountProfile(models.Model):
+    """An account's preferences. A row exists once the account has set one; without it the
+    defaults in settings apply (ACCOUNT_DEFAULT_TIME_ZONE)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile"
+    )
+    #: An IANA time zone name (`Europe/Berlin`): the owner's schedules run at its local times.
+    time_zone = models.CharField(max_length=64)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"profile of {self.user}"

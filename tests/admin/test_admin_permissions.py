@@ -103,7 +103,8 @@ def _snapshot(inst: ContainerInstance) -> tuple:
 def test_every_state_changing_server_action_is_covered_here():
     actions = _action_names(ReconciledServerAdmin)
     assert actions == set(OPERATION_ACTIONS) | set(FLAG_ACTIONS) | {
-        "republish_edge", "revoke_ide_tokens"} | READ_ONLY_ACTIONS
+        "republish_edge", "revoke_ide_tokens",
+        "change_plan"} | READ_ONLY_ACTIONS  # change_plan: tests/admin/test_admin_schedules.py
 
 
 def test_a_view_only_operator_is_offered_no_state_changing_action(viewer, changer, platform,

@@ -63,3 +63,42 @@ def raise_notifications(*, count: int) -> dict[str, Any]:
         slowest = max(slowest, time.monotonic() - started)
     connection.close()
     return {"raised": count, "slowest": slowest}
+
+
+def run_schedule_ticks(*, rounds: int, bypass_lock: bool = False, threads: int = 1,
+                       ) -> dict[str, int]:
+    """Run the schedule tick `rounds` times from `threads` threads. With bypass_lock the tick's
+    named lock is skipped (every due schedule is decided directly), so only the row lock and the
+    re-check stand between concurrent decisions of one time."""
+    from django.db import connection
+
+    from lifecycle.models import ServerSchedule
+    from lifecycle.services import schedules
+
+    totals: dict[str, int] = {}
+    lock = threading.Lock()
+    barrier = threading.Barrier(threads)
+
+    def run() -> None:
+        try:
+            barrier.wait(timeout=60)
+            for _ in range(rounds):
+                if bypass_lock:
+                    due = list(ServerSchedule.objects.filter(enabled=True)
+                               .values_list("id", flat=True))
+                    results = [schedules._run_one(sid) for sid in due]
+                    counts = {r: results.count(r) for r in set(results) if r}
+                else:
+                    counts = schedules.server_schedule_tick()
+                with lock:
+                    for key, value in counts.items():
+                        totals[key] = totals.get(key, 0) + value
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return totals
