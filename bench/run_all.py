@@ -24,6 +24,7 @@ BENCHES = [
     ("edge_observe", [], ["--servers", "100,2000"]),
     ("reconcile_scale", [], ["--sizes", "1000,5000"]),
     ("backup_schedule", [], ["--servers", "200"]),
+    ("server_schedules", [], ["--servers", "500"]),
     ("adopt", [], ["--servers", "200"]),
     ("burst", [], ["--servers", "30"]),
 ]
@@ -41,6 +42,9 @@ PICK = {
     "backup_schedule": [("most backups in flight per node", r"in flight per node: (\{.*?\})"),
                         ("Proxmox calls per scheduled backup",
                          r"calls per scheduled backup: ([\d.]+)")],
+    "server_schedules": [("decisions per second", r"(\d+) decisions/s"),
+                         ("queries per decision", r"queries per decision: ([\d.]+)"),
+                         ("servers restarted twice", r"servers with two: (\d+)")],
     "burst": [("all running / one alone", r"running\s+[\d.]+ s\s+\(([\d.]+)x"),
               ("worker RSS peak MB", r"RSS idle / peak\s+\d+ / (\d+) MB")],
     "adopt": [("apply seconds", r"^apply: ([\d.]+) s"),

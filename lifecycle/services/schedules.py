@@ -31,6 +31,7 @@ import math
 from datetime import datetime, time, timedelta
 from datetime import timezone as dt_timezone
 from functools import lru_cache
+from time import monotonic as time_monotonic
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = "zlh_server_schedules"
 ANNOUNCE_TASK = "lifecycle.schedule_announce"
 ANNOUNCE_MAX_MINUTES = 60
-#: How many due schedules one tick handles (the rest are handled by the next tick).
+#: Due schedules read at a time (a tick reads batches until none is due or its interval is up).
 TICK_BATCH = 500
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: The actions whose time players may be warned of (a start has nobody to warn).
@@ -268,14 +269,21 @@ def server_schedule_tick() -> dict[str, int]:
             return counts
         now = db_now()
         counts["announced"] = _announce_due(now)
-        due = list(ServerSchedule.objects.filter(
-            enabled=True, next_run_at__lte=now, instance__status__in=LIVE_STATUSES)
-            .order_by("next_run_at").values_list("id", flat=True)[:TICK_BATCH])
-        counts["due"] = len(due)
-        for schedule_id in due:
-            result = _run_one(schedule_id)
-            if result:
-                counts[result] += 1
+        # Batches of the longest-due first, until none is due or the tick has used its
+        # interval (the next tick goes on: a fleet all at 04:00 is decided in order).
+        started = time_monotonic()
+        while True:
+            due = list(ServerSchedule.objects.filter(
+                enabled=True, next_run_at__lte=now, instance__status__in=LIVE_STATUSES)
+                .order_by("next_run_at").values_list("id", flat=True)[:TICK_BATCH])
+            counts["due"] += len(due)
+            for schedule_id in due:
+                result = _run_one(schedule_id)
+                if result:
+                    counts[result] += 1
+            if len(due) < TICK_BATCH or \
+                    time_monotonic() - started > settings.ZLH_SERVER_SCHEDULE_INTERVAL_SECONDS:
+                break
     if counts["due"] or counts["announced"]:
         logger.info("server schedules: %s", counts)
     return counts
@@ -319,7 +327,7 @@ def _run_one(schedule_id: Any) -> str | None:
         _place(schedule, owner_id=server.owner_id, now=now)
         schedule.save(update_fields=("last_run_at", "last_result", "last_message",
                                      "last_operation", "next_run_at", "updated_at"))
-    logger.info("schedule %s of server %s: %s (%s)", schedule.id, server.pk, result, message)
+    logger.debug("schedule %s of server %s: %s (%s)", schedule.id, server.pk, result, message)
     return result
 
 

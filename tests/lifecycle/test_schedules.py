@@ -383,3 +383,31 @@ def test_staff_and_the_admin_use_the_owners_time_zone(platform, alice, staff):
     row = ServerSchedule.objects.get()
     assert row.next_run_at.hour == 19  # 04:00 in Tokyo (UTC+9, no DST)
     assert AuditEvent.objects.get(action="schedule:create").actor_label == "operator"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fleet_due_at_once_is_decided_in_batches_oldest_first(platform, alice, settings,
+                                                               monkeypatch):
+    from lifecycle.services import schedules
+
+    monkeypatch.setattr(schedules, "TICK_BATCH", 3)
+    servers = ContainerInstanceFactory.create_batch(7, owner=alice.user)
+    rows = [schedule_create(actor=OWNER, server=s, action="restart", time_of_day=time(4))
+            for s in servers]
+    for i, row in enumerate(rows):
+        _due(row, seconds_ago=60 - i)  # rows[0] has waited longest
+    # A tick out of time stops after a batch; the next goes on where it stopped.
+    settings.ZLH_SERVER_SCHEDULE_INTERVAL_SECONDS = 0
+    assert server_schedule_tick()["requested"] == 3
+    first = {r.instance_id for r in rows[:3]}
+    assert {op.instance_id for op in Operation.objects.filter(kind="restart")} == first
+    assert server_schedule_tick()["requested"] == 3
+    assert server_schedule_tick()["requested"] == 1
+    # With time to spare, one tick reads batch after batch until none is due.
+    Operation.objects.filter(kind=OperationKind.RESTART).update(
+        state=OperationState.SUCCEEDED, active_slot=None, finished_at=Now())
+    for row in rows:
+        _due(row)
+    settings.ZLH_SERVER_SCHEDULE_INTERVAL_SECONDS = 30
+    counts = server_schedule_tick()
+    assert counts["due"] == 7 and counts["requested"] == 7
