@@ -411,3 +411,46 @@ def test_a_fleet_due_at_once_is_decided_in_batches_oldest_first(platform, alice,
     settings.ZLH_SERVER_SCHEDULE_INTERVAL_SECONDS = 30
     counts = server_schedule_tick()
     assert counts["due"] == 7 and counts["requested"] == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tick_killed_mid_decision_leaves_the_time_due_and_it_runs_once(platform, alice,
+                                                                        tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support.procs import REPO, child_env
+
+    server = ContainerInstanceFactory(owner=alice.user)
+    schedule = schedule_create(actor=OWNER, server=server, action="restart",
+                               time_of_day=time(4))
+    _due(schedule)
+    marker = tmp_path / "requested"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.child",
+         "tests.support.workloads.schedule_tick_then_hang"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        env=child_env(), text=True)
+    try:
+        child.stdin.write(json.dumps({"marker": str(marker)}) + "\nGO\n")
+        child.stdin.flush()
+        wait_until(marker.exists, timeout=60, interval=0.1, what="the child's request")
+        # Its restart is requested but not committed; another tick meanwhile finds the named
+        # lock held and does nothing.
+        assert server_schedule_tick().get("skipped_tick") == 1
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    # The decision died with its transaction: nothing requested, the time still due.
+    assert _restarts(server) == []
+    schedule.refresh_from_db()
+    assert schedule.last_result == "" and schedule.next_run_at < db_now()
+    wait_until(lambda: server_schedule_tick().get("requested") == 1, timeout=30, interval=0.5,
+               what="the next tick (once MariaDB has dropped the dead connection's locks)")
+    assert len(_restarts(server)) == 1
+    assert server_schedule_tick()["due"] == 0

@@ -102,3 +102,23 @@ def run_schedule_ticks(*, rounds: int, bypass_lock: bool = False, threads: int =
     for w in workers:
         w.join()
     return totals
+
+
+def schedule_tick_then_hang(*, marker: str) -> None:
+    """Run the schedule tick, but stop for good right after the first action was requested,
+    inside the decision's transaction (the parent kills this process there)."""
+    import time
+    from pathlib import Path
+
+    from lifecycle.services import schedules
+
+    real = schedules.server_request
+
+    def request_then_hang(**kwargs):
+        op = real(**kwargs)
+        Path(marker).write_text(str(op.id))
+        time.sleep(600)
+        return op
+
+    schedules.server_request = request_then_hang
+    schedules.server_schedule_tick()
