@@ -19,7 +19,9 @@ FIELDS_MAX = 25
 FIELD_NAME_MAX = 256
 FIELD_VALUE_MAX = 1024
 FOOTER_MAX = 2048
+#: Over all the embeds of one message.
 EMBED_TOTAL_MAX = 6000
+EMBEDS_MAX = 10
 MARK = " …[truncated]"
 
 
@@ -63,7 +65,7 @@ def build_message(*, channel: str, kind: str, title: str, body: str,
     return message
 
 
-def _embed_size(embed: dict[str, Any]) -> int:
+def embed_size(embed: dict[str, Any]) -> int:
     size = len(embed.get("title", "")) + len(embed.get("description", ""))
     size += len(embed.get("footer", {}).get("text", ""))
     size += sum(len(f["name"]) + len(f["value"]) for f in embed.get("fields", []))
@@ -73,12 +75,12 @@ def _embed_size(embed: dict[str, Any]) -> int:
 def _fit_total(embed: dict[str, Any]) -> None:
     """Keep title+description+fields+footer within 6000: shorten the description, then drop
     fields from the end (saying so)."""
-    excess = _embed_size(embed) - EMBED_TOTAL_MAX
+    excess = embed_size(embed) - EMBED_TOTAL_MAX
     if excess > 0 and embed.get("description"):
         keep = max(0, len(embed["description"]) - excess)
         embed["description"] = clip(embed["description"], max(len(MARK) + 1, keep))
     dropped = 0
-    while _embed_size(embed) > EMBED_TOTAL_MAX and embed.get("fields"):
+    while embed_size(embed) > EMBED_TOTAL_MAX and embed.get("fields"):
         embed["fields"].pop()
         dropped += 1
     if dropped:

@@ -2,8 +2,9 @@
 
 `notify_*` write an outbox row in the caller's transaction and wake the sender after commit;
 they never call Discord and never raise because Discord is down. The sender holds a per-channel
-lease, sends that channel's rows strictly in order, waits out 429s, backs off on failures, and
-stops (flagging the channel, and saying so on another one) when a webhook is gone.
+lease, sends that channel's rows strictly in order (up to ten to a message), waits out 429s,
+backs off on failures, and stops (flagging the channel, and saying so on another one) when a
+webhook is gone.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -178,6 +179,7 @@ def channel_send(channel: str) -> dict[str, Any]:
     if not _claim(channel, owner):
         return {"channel": channel, "skipped": "another sender holds the channel"}
     sent = 0
+    single = False
     try:
         deadline = time.monotonic() + 50
         for _ in range(BATCH):
@@ -189,19 +191,27 @@ def channel_send(channel: str) -> dict[str, Any]:
                 wait = (state.next_attempt_at - now).total_seconds()
                 enqueue_send(channel, countdown=wait)
                 return {"channel": channel, "sent": sent, "waiting": wait}
-            row = (Notification.objects.filter(channel=channel, state=DeliveryState.PENDING)
-                   .order_by("id").first())
-            if row is None:
+            rows = list(Notification.objects.filter(channel=channel,
+                                                    state=DeliveryState.PENDING)
+                        .order_by("id")[:1 if single else discord.EMBEDS_MAX])
+            if not rows:
                 return {"channel": channel, "sent": sent}
             url = webhook_url(channel)
             if not url:
-                Notification.objects.filter(pk=row.pk).update(state=DeliveryState.UNCONFIGURED)
+                Notification.objects.filter(pk__in=[r.pk for r in rows]).update(
+                    state=DeliveryState.UNCONFIGURED)
                 continue
-            result = discord.send(url, _message(row), timeout=settings.DISCORD_TIMEOUT,
+            group, message = _group(rows)
+            result = discord.send(url, message, timeout=settings.DISCORD_TIMEOUT,
                                   max_bytes=settings.DISCORD_MAX_ANSWER_BYTES)
-            if not _apply(channel, row, result, owner):
+            if result.outcome == "bad_message" and len(group) > 1:
+                # Which of them Discord refuses is not said: each goes alone from now on, so
+                # only that one is given up.
+                single = True
+                continue
+            if not _apply(channel, group, result, owner):
                 return {"channel": channel, "sent": sent, "stopped": result.outcome}
-            sent += result.outcome == "sent"
+            sent += len(group) if result.outcome == "sent" else 0
             if time.monotonic() > deadline or not _renew(channel, owner):
                 enqueue_send(channel)
                 return {"channel": channel, "sent": sent, "more": True}
@@ -218,18 +228,46 @@ def _message(row: Notification) -> dict[str, Any]:
         role_id=settings.DISCORD_CRITICAL_ROLE_ID)
 
 
-def _apply(channel: str, row: Notification, result: discord.SendResult, owner: str) -> bool:
-    """Record what happened; True to go on with the next row, False to stop for now."""
+def _group(rows: list[Notification]) -> tuple[list[Notification], dict[str, Any]]:
+    """The first rows (in order) that go out as one message, and that message: up to
+    `discord.EMBEDS_MAX` embeds within Discord's size limit for a whole message. A row that
+    mentions the on-call role goes alone (the mention is the message's content). A burst of
+    servers becoming ready is then a few messages, not one per server hitting the webhook's
+    rate limit."""
+    first = _message(rows[0])
+    group, embeds = [rows[0]], list(first["embeds"])
+    if "content" in first:
+        return group, first
+    size = sum(discord.embed_size(e) for e in embeds)
+    for row in rows[1:]:
+        if row.mention:
+            break
+        embed = _message(row)["embeds"][0]
+        size += discord.embed_size(embed)
+        if size > discord.EMBED_TOTAL_MAX or len(embeds) >= discord.EMBEDS_MAX:
+            break
+        group.append(row)
+        embeds.append(embed)
+    return group, {**first, "embeds": embeds}
+
+
+def _apply(channel: str, group: list[Notification], result: discord.SendResult,
+           owner: str) -> bool:
+    """Record what happened to the rows of one message; True to go on with the next, False to
+    stop for now."""
     now = timezone.now()
     detail = redact_text(result.detail)[:500]
+    ids = [row.pk for row in group]
     if result.outcome == "sent":
-        Notification.objects.filter(pk=row.pk).update(
+        Notification.objects.filter(pk__in=ids).update(
             state=DeliveryState.SENT, sent_at=now, discord_message_id=result.message_id,
-            attempts=row.attempts + 1, last_error="")
+            attempts=F("attempts") + 1, last_error="")
         ChannelState.objects.filter(channel=channel).update(consecutive_failures=0, last_error="",
                                                             next_attempt_at=None)
         return True
-    Notification.objects.filter(pk=row.pk).update(attempts=row.attempts + 1, last_error=detail)
+    Notification.objects.filter(pk__in=ids).update(attempts=F("attempts") + 1,
+                                                   last_error=detail)
+    row = group[0]
     if result.outcome == "rate_limited":
         # Wait it out without holding a worker: the same row goes first when the sender is
         # woken after `retry_after` (a short countdown).

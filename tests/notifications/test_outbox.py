@@ -67,6 +67,7 @@ def test_outage_then_every_notification_delivered_once_in_order(stack, worker):
 
 
 def test_a_burst_that_hits_429_waits_and_loses_nothing(stack, worker):
+    stack.sim("discord", "POST", "/_sim/rate-limit", json={"limit": 1, "window": 2})
     for i in range(25):
         notify_lifecycle(f"burst {i}")
     wait_until(lambda: len(delivered(stack, "lifecycle")) >= 25, timeout=60, interval=0.3,
@@ -75,8 +76,58 @@ def test_a_burst_that_hits_429_waits_and_loses_nothing(stack, worker):
     assert titles(delivered(stack, "lifecycle")) == [f"burst {i}" for i in range(25)]
     statuses = Counter(status for _, path, status in
                        stack.sim("discord", "GET", "/_sim/calls")["calls"] if "webhooks" in path)
-    assert statuses[429] >= 1, statuses  # the stand-in's 5-per-2s limit was hit...
-    assert statuses[200] == 25            # ...and every message still went out exactly once
+    posts = stack.discord_posts("lifecycle")
+    assert statuses[429] >= 1, statuses  # the stand-in's 1-per-2s limit was hit...
+    assert statuses[200] == len(posts)    # ...and every message still went out exactly once
+    assert len(posts) < 25 and all(len(p["embeds"]) <= 10 for p in posts)
+
+
+def test_a_burst_goes_out_ten_to_a_message_in_order(stack):
+    """100 servers ready at once: ten messages of ten embeds, not 100 posts queueing behind the
+    webhook's rate limit; a critical alert that mentions the on-call role goes alone."""
+    stack.sim("discord", "POST", "/_sim/rate-limit", json={"limit": 1000, "window": 2})
+    for i in range(100):
+        notify_lifecycle(f"ready {i}", "players can join", fields=[{"name": "node",
+                                                                     "value": "pve1"}])
+    channel_send("lifecycle")
+    posts = stack.discord_posts("lifecycle")
+    assert [len(p["embeds"]) for p in posts] == [10] * 10
+    assert titles(delivered(stack, "lifecycle")) == [f"ready {i}" for i in range(100)]
+    sent = Notification.objects.filter(channel="lifecycle")
+    assert set(sent.values_list("state", flat=True)) == {"sent"}
+    assert Counter(sent.values_list("discord_message_id", flat=True)) == \
+        Counter({p["id"]: 10 for p in posts})
+
+    notify_critical("disk full on pve1", mention=False)
+    notify_critical("pve2 down", mention=True)
+    notify_critical("disk full on pve3", mention=False)
+    channel_send("critical")
+    posts = stack.discord_posts("critical")
+    assert [[e["title"] for e in p["embeds"]] for p in posts] == [
+        ["disk full on pve1"], ["pve2 down"], ["disk full on pve3"]]
+    assert "<@&" in posts[1]["content"]
+
+
+def test_big_notifications_share_a_message_only_within_discords_size_limit(stack):
+    for i in range(6):
+        notify_info(f"long {i}", "z" * 2500)  # three fit in 6,000 characters at most two
+    channel_send("info")
+    posts = stack.discord_posts("info")  # the stand-in refuses a message over the limit
+    assert [len(p["embeds"]) for p in posts] == [2, 2, 2]
+    assert titles(delivered(stack, "info")) == [f"long {i}" for i in range(6)]
+
+
+def test_a_refused_message_of_many_is_sent_again_one_by_one(stack):
+    stack.sim("discord", "POST", "/_sim/faults", json={
+        "method": "POST", "path": "/webhooks/", "count": 1, "status": 400,
+        "body": {"message": "Invalid Form Body", "code": 50035}})
+    for i in range(4):
+        notify_info(f"event {i}")
+    channel_send("info")
+    posts = stack.discord_posts("info")
+    assert [len(p["embeds"]) for p in posts] == [1, 1, 1, 1]
+    assert titles(delivered(stack, "info")) == [f"event {i}" for i in range(4)]
+    assert set(Notification.objects.values_list("state", flat=True)) == {"sent"}
 
 
 def test_a_deleted_webhook_stops_its_channel_and_says_so_elsewhere(stack):

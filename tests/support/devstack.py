@@ -101,8 +101,15 @@ class Devstack:
         resp.raise_for_status()
         return resp.json()["servers"]
 
-    def discord_messages(self, channel: str | None = None) -> list[dict[str, Any]]:
+    def discord_posts(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """The messages the Discord stand-in saved, as posted (up to ten embeds each)."""
         return self.sim("discord", "GET", "/_sim/messages" + (f"?channel={channel}" if channel else ""))
+
+    def discord_messages(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """One entry per notification delivered: each embed of each saved message, with the
+        message's id and other keys (`batch`: how many embeds its message carried)."""
+        return [{**post, "embeds": [embed], "batch": len(post["embeds"])}
+                for post in self.discord_posts(channel) for embed in post.get("embeds") or [{}]]
 
     def reset(self, *, time_scale: float = 0.0) -> None:
         self.pve("POST", "/_sim/reset")
