@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "zlh.settings")
@@ -63,3 +64,22 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = tuple(Queue(name) for name in QUEUES)
 app.conf.task_routes = {task: {"queue": queue} for task, queue in TASK_QUEUES.items()}
 app.autodiscover_tasks()
+
+_log_tokens: dict[str, object] = {}
+
+
+@task_prerun.connect
+def _bind_task(task_id=None, task=None, **_kwargs) -> None:
+    """Every line a task logs names the task and its id (core/logs.py)."""
+    from core.logs import push
+
+    _log_tokens[task_id] = push(task=getattr(task, "name", None), task_id=task_id)
+
+
+@task_postrun.connect
+def _unbind_task(task_id=None, **_kwargs) -> None:
+    from core.logs import pop
+
+    token = _log_tokens.pop(task_id, None)
+    if token is not None:
+        pop(token)

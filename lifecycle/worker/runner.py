@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from core.clock import db_before
 from core.errors import ExternalError
+from core.logs import bind
 from core.redaction import redact
 
 from ..errors import TransitionConflict
@@ -154,6 +155,12 @@ def operation_run(*, operation_id: Any) -> str:
     if ctx is None:
         logger.info("operation %s not claimable (done, owned or not due); exiting", operation_id)
         return Outcome.NOT_CLAIMED
+    with bind(operation_id=ctx.operation_id, server_id=ctx.instance_id, kind=ctx.kind,
+              attempt=ctx.attempt):
+        return _run(ctx, operation_id)
+
+
+def _run(ctx: OperationContext, operation_id: Any) -> str:
     flow = spec_for(ctx.kind).load_flow()
     last_try = ctx.last_attempt
     try:
