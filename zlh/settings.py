@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "edge",
     "lifecycle",
     "reconciler",
+    "observability",
 ]
 
 MIDDLEWARE = [
@@ -512,6 +513,9 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# GET /metrics (Prometheus) answers only a scraper sending `Authorization: Bearer METRICS_TOKEN`;
+# empty: /metrics is off (404).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 # LOG_FORMAT=json: one JSON object per line (for Loki and the like), else the plain line. Both
 # carry the request, operation, server, attempt and task a line was written for (core/logs.py).
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain")

@@ -64,6 +64,12 @@ if IDE_TOKEN_SECRETS and (_ide_weak or not IDE_PROXY_TOKEN.strip()):  # noqa: F4
         "set (the IDE proxy reads revoked tokens with it); zlh.settings_production refuses to "
         "start otherwise (see deploy/env.example).")
 
+# /metrics is optional; when it is on, its token must be strong (it shows the whole fleet).
+if METRICS_TOKEN and len(METRICS_TOKEN.strip()) < 32:  # noqa: F405
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN is shorter than 32 characters; zlh.settings_production refuses to start "
+        "with it (leave it empty to turn /metrics off; see deploy/env.example).")
+
 # With the container firewall on, empty source lists would shut the control plane out of
 # every agent and Velocity out of every game server: refuse to start with them.
 if PROXMOX_FIREWALL:  # noqa: F405

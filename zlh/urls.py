@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from lifecycle.api import health
+from observability.views import metrics
 from reconciler.api import ServerStatusView
 
 admin.site.site_header = "ZeroLagHub operator panel"
@@ -21,6 +22,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("api/v1/healthz", health.healthz),
     path("api/v1/readyz", health.readyz),
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]
 

@@ -11,8 +11,8 @@ import pytest
 
 from tests.support.procs import REPO
 
-PACKAGES = ("zlh", "core", "notifications", "edge", "lifecycle", "reconciler", "devstack",
-            "bench", "tests")
+PACKAGES = ("zlh", "core", "notifications", "edge", "lifecycle", "reconciler", "observability",
+            "devstack", "bench", "tests")
 LINT = str(Path(sys.executable).with_name("lint-imports"))
 
 

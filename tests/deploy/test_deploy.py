@@ -118,6 +118,18 @@ def test_production_settings_refuse_a_firewall_that_would_shut_everyone_out(name
     assert off.returncode == 0, off.stderr
 
 
+@pytest.mark.parametrize("token, refused", [("short-token", True), ("m" * 40, False),
+                                            ("", False)])
+def test_production_settings_refuse_a_weak_metrics_token(token, refused):
+    env = {**_production_env(), "METRICS_TOKEN": token}
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode != 0) == refused, result.stdout + result.stderr
+    if refused:
+        assert "METRICS_TOKEN" in result.stderr.strip().splitlines()[-1]
+        assert token not in result.stderr
+
+
 def test_production_settings_pass_check_deploy_with_the_documented_env():
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy",
                              "--fail-level", "WARNING"], cwd=REPO, env=_production_env(),

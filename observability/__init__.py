@@ -1,0 +1,1 @@
+"""What an operator's Prometheus reads: the fleet's state as metrics, at /metrics."""

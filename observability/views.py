@@ -1,0 +1,35 @@
+"""GET /metrics: the Prometheus text format, for a scraper holding METRICS_TOKEN.
+
+Off (404, as if there were no such page) while METRICS_TOKEN is empty, so the fleet's numbers are
+never public by accident; with it, a request without the token gets 401. Compared in constant
+time; the token is never logged."""
+from __future__ import annotations
+
+import hmac
+
+from django.conf import settings
+from django.http import HttpResponse, HttpResponseNotFound
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from .collectors import FleetCollector
+
+_REGISTRY = CollectorRegistry(auto_describe=False)
+_REGISTRY.register(FleetCollector())
+
+
+@require_GET
+def metrics(request):
+    token = settings.METRICS_TOKEN
+    if not token:
+        return HttpResponseNotFound("metrics are off (METRICS_TOKEN is not set)",
+                                    content_type="text/plain")
+    given = request.META.get("HTTP_AUTHORIZATION", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        response = HttpResponse("a bearer token is needed", status=401,
+                                content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    response = HttpResponse(generate_latest(_REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    response["Cache-Control"] = "no-store"
+    return response
