@@ -1,4 +1,5 @@
-"""GET /metrics: the Prometheus text format, for a scraper holding METRICS_TOKEN.
+"""GET /metrics (the Prometheus text format, for a scraper holding METRICS_TOKEN) and the
+panel's Fleet overview.
 
 Off (404, as if there were no such page) while METRICS_TOKEN is empty, so the fleet's numbers are
 never public by accident; with it, a request without the token gets 401. Compared in constant
@@ -8,11 +9,15 @@ from __future__ import annotations
 import hmac
 
 from django.conf import settings
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, HttpResponseNotFound
+from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .collectors import FleetCollector
+from .overview import fleet_overview, render
 
 _REGISTRY = CollectorRegistry(auto_describe=False)
 _REGISTRY.register(FleetCollector())
@@ -33,3 +38,13 @@ def metrics(request):
     response = HttpResponse(generate_latest(_REGISTRY), content_type=CONTENT_TYPE_LATEST)
     response["Cache-Control"] = "no-store"
     return response
+
+
+def fleet(request):
+    """The panel's Fleet overview (staff with the view permission on servers)."""
+    if not request.user.has_perm("lifecycle.view_containerinstance"):
+        raise PermissionDenied
+    data = fleet_overview()
+    context = {**admin.site.each_context(request), "title": "Fleet overview", **data,
+               **render(data)}
+    return TemplateResponse(request, "admin/observability/fleet.html", context)

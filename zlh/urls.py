@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from lifecycle.api import health
-from observability.views import metrics
+from observability.views import fleet, metrics
 from reconciler.api import ServerStatusView
 
 admin.site.site_header = "ZeroLagHub operator panel"
@@ -23,6 +23,7 @@ urlpatterns = [
     path("api/v1/healthz", health.healthz),
     path("api/v1/readyz", health.readyz),
     path("metrics", metrics, name="metrics"),
+    path("admin/fleet/", admin.site.admin_view(fleet), name="fleet-overview"),
     path("admin/", admin.site.urls),
 ]
 
