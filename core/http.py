@@ -35,6 +35,8 @@ from django.conf import settings
 from requests.adapters import HTTPAdapter
 from urllib3.util.ssl_ import create_urllib3_context
 
+from .metrics import record_call
+
 T = TypeVar("T")
 
 #: Bytes read per socket read.
@@ -59,10 +61,12 @@ class BoundedAdapter(HTTPAdapter):
     #: The deadline of a call made without a timeout (none of ours is).
     FALLBACK_DEADLINE = 60.0
 
-    def __init__(self, *, max_bytes: int, deadline: float | None = None,
+    def __init__(self, *, max_bytes: int, deadline: float | None = None, system: str = "",
                  **kwargs: Any) -> None:
         self.max_bytes = max_bytes
         self.deadline = deadline
+        #: The outside system (proxmox, agent, cloudflare, …) its calls are counted for.
+        self.system = system
         super().__init__(**kwargs)
 
     def build_connection_pool_key_attributes(self, request: requests.PreparedRequest,
@@ -83,6 +87,20 @@ class BoundedAdapter(HTTPAdapter):
     def send(self, request: requests.PreparedRequest, stream: bool = False,
              timeout: Any = None, **kwargs: Any) -> requests.Response:
         started = time.monotonic()
+        try:
+            resp = self._send(request, started, timeout=timeout, **kwargs)
+        except Exception as exc:
+            if self.system:
+                record_call(self.system, request.method or "", request.path_url,
+                            time.monotonic() - started, error=exc)
+            raise
+        if self.system:
+            record_call(self.system, request.method or "", request.path_url,
+                        time.monotonic() - started, status=resp.status_code)
+        return resp
+
+    def _send(self, request: requests.PreparedRequest, started: float, *, timeout: Any,
+              **kwargs: Any) -> requests.Response:
         deadline = self.deadline or _total(timeout) or self.FALLBACK_DEADLINE
         resp = super().send(request, stream=True, timeout=timeout, **kwargs)
         try:
@@ -152,11 +170,13 @@ def _total(timeout: Any) -> float | None:
 
 
 def bounded_session(*, max_bytes: int, deadline: float | None = None,
-                    session: requests.Session | None = None) -> requests.Session:
+                    session: requests.Session | None = None,
+                    system: str = "") -> requests.Session:
     """`session` (or a new one) with BoundedAdapter mounted for http and https, and the
-    environment's settings read once (`environment_read_once`)."""
+    environment's settings read once (`environment_read_once`); its calls are counted as
+    `system`'s (core/metrics.py)."""
     session = session if session is not None else requests.Session()
-    adapter = BoundedAdapter(max_bytes=max_bytes, deadline=deadline)
+    adapter = BoundedAdapter(max_bytes=max_bytes, deadline=deadline, system=system)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return environment_read_once(session)

@@ -116,7 +116,7 @@ def send(url: str, message: dict[str, Any], *, timeout: float,
          max_bytes: int = 256 * 1024) -> SendResult:
     """POST the message (`?wait=true`, so Discord confirms it saved it). Never raises: any
     answer, however malformed, becomes a SendResult."""
-    session = bounded_session(max_bytes=max_bytes)
+    session = bounded_session(max_bytes=max_bytes, system="discord")
     try:
         resp = session.post(url, params={"wait": "true"}, json=message, timeout=timeout)
     except BadAnswer as exc:

@@ -15,12 +15,32 @@ from django.http import HttpResponse, HttpResponseNotFound
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from core.metrics import OUTSIDE_CALL_SECONDS, OUTSIDE_CALLS
 
 from .collectors import FleetCollector
 from .overview import fleet_overview, render
 
-_REGISTRY = CollectorRegistry(auto_describe=False)
-_REGISTRY.register(FleetCollector())
+_FLEET = FleetCollector()
+
+
+def _registry() -> CollectorRegistry:
+    """The fleet (from the database) and the counts made in processes: every process's of this
+    host with METRICS_DIR, else this process's own."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_FLEET)
+    if settings.METRICS_DIR:
+        MultiProcessCollector(registry, path=settings.METRICS_DIR)
+    else:
+        registry.register(_OwnProcess())
+    return registry
+
+
+class _OwnProcess:
+    def collect(self):
+        for collector in (OUTSIDE_CALLS, OUTSIDE_CALL_SECONDS):
+            yield from collector.collect()
 
 
 @require_GET
@@ -35,7 +55,7 @@ def metrics(request):
                                 content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    response = HttpResponse(generate_latest(_REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    response = HttpResponse(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
     response["Cache-Control"] = "no-store"
     return response
 

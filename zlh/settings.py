@@ -6,6 +6,7 @@ passwords) are only ever read from the environment.
 """
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -516,6 +517,18 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # GET /metrics (Prometheus) answers only a scraper sending `Authorization: Bearer METRICS_TOKEN`;
 # empty: /metrics is off (404).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Counts made inside processes (outside calls) are written by every process of a host to files
+# in METRICS_DIR and added up by /metrics (prometheus_client's multi-process mode); empty: each
+# process keeps its own and /metrics shows the serving process's only. Exported here, before
+# anything imports prometheus_client; the directory should be emptied at boot (a tmpfs).
+METRICS_DIR = env.str("METRICS_DIR", default="")
+if METRICS_DIR:
+    try:
+        os.makedirs(METRICS_DIR, exist_ok=True)
+    except OSError as exc:
+        raise ImproperlyConfigured(f"METRICS_DIR={METRICS_DIR!r} cannot be created ({exc}); "
+                                   "create it for this user or leave it empty.") from exc
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", METRICS_DIR)
 # LOG_FORMAT=json: one JSON object per line (for Loki and the like), else the plain line. Both
 # carry the request, operation, server, attempt and task a line was written for (core/logs.py).
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain")

@@ -20,7 +20,7 @@ class JsonHttp:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.service = service
-        self.session = bounded_session(max_bytes=max_bytes)
+        self.session = bounded_session(max_bytes=max_bytes, system=service)
         self.session.headers["Authorization"] = f"Bearer {token}"
         self.calls = 0
 

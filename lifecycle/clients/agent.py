@@ -122,7 +122,7 @@ class AgentClient:
     def __init__(self, *, base_url: str, token: str, timeout: float) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.session = bounded_session(max_bytes=settings.AGENT_MAX_ANSWER_BYTES)
+        self.session = bounded_session(max_bytes=settings.AGENT_MAX_ANSWER_BYTES, system="agent")
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
         self.calls = 0

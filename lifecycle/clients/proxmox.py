@@ -263,7 +263,7 @@ class ProxmoxClient:
         )
         # proxmoxer reads bodies through this session: bound every answer in size and time.
         bounded_session(max_bytes=settings.PROXMOX_MAX_ANSWER_BYTES,
-                        session=self.api._store["session"])
+                        session=self.api._store["session"], system="proxmox")
         self.calls = 0
 
     @classmethod

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,7 @@ def _production_env(**over: str) -> dict[str, str]:
     env["AGENT_CREDENTIAL_KEYS"] = base64.urlsafe_b64encode(os.urandom(32)).decode()  # Fernet
     env["DATABASE_URL"] = f"mysql://zlh:{os.urandom(8).hex()}@10.0.0.5:3306/zlh"
     env["DJANGO_SETTINGS_MODULE"] = "zlh.settings_production"
+    env["METRICS_DIR"] = tempfile.mkdtemp(prefix="zlh-metrics-")  # /run is the host's
     env.update(over)
     return env
 
