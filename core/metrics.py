@@ -12,6 +12,7 @@ a digit or is long (ids, VMIDs, node names, tokens) replaced by `{}`, and the ou
 from __future__ import annotations
 
 import re
+import time
 
 from prometheus_client import Counter, Histogram
 
@@ -51,3 +52,33 @@ def record_call(system: str, method: str, path: str, seconds: float, *, status: 
         OUTSIDE_CALL_SECONDS.labels(system).observe(max(0.0, seconds))
     except Exception:  # noqa: BLE001 - a full disk under METRICS_DIR, say
         pass
+
+
+HTTP_REQUESTS = Counter(
+    "zlh_http_requests", "Requests served, by view, method and status class.",
+    ["view", "method", "status"])
+HTTP_SECONDS = Histogram(
+    "zlh_http_request_seconds", "Time to answer a request, by view.", ["view"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestMetricsMiddleware:
+    """Counts every request by its URL pattern's name (a bounded set: never the path, which
+    holds ids), method and status class, and times it."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.monotonic()
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        view = (match.view_name if match is not None else "") or "unmatched"
+        method = request.method if request.method in _METHODS else "other"
+        try:
+            HTTP_REQUESTS.labels(view[:100], method, f"{response.status_code // 100}xx").inc()
+            HTTP_SECONDS.labels(view[:100]).observe(time.monotonic() - started)
+        except Exception:  # noqa: BLE001 - metrics never break a request
+            pass
+        return response

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from core.metrics import OUTSIDE_CALL_SECONDS, OUTSIDE_CALLS
+from core.metrics import HTTP_REQUESTS, HTTP_SECONDS, OUTSIDE_CALL_SECONDS, OUTSIDE_CALLS
 
 from .collectors import FleetCollector
 from .overview import fleet_overview, render
@@ -39,7 +39,7 @@ def _registry() -> CollectorRegistry:
 
 class _OwnProcess:
     def collect(self):
-        for collector in (OUTSIDE_CALLS, OUTSIDE_CALL_SECONDS):
+        for collector in (OUTSIDE_CALLS, OUTSIDE_CALL_SECONDS, HTTP_REQUESTS, HTTP_SECONDS):
             yield from collector.collect()
 
 

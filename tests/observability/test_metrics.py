@@ -162,7 +162,17 @@ def test_the_running_api_counts_what_the_workers_did(stack, worker, owner, live_
     for name in ("metered-a", "metered-b"):
         wait_status(server_create(owner=owner.user, data=game_body(name)).instance.id,
                     "running", timeout=90)
+    for _ in range(3):
+        requests.get(f"{live_server.url}/api/v1/servers", timeout=10,
+                     headers={"Authorization": f"Bearer {owner.token}"})
     after = scrape()
+    # The request side: by URL pattern name, never the path.
+    listed = {"view": "server-list", "method": "GET", "status": "2xx"}
+    assert _value(after, "zlh_http_requests_total", **listed) >= \
+        _value(before, "zlh_http_requests_total", **listed) + 3
+    assert _value(after, "zlh_http_request_seconds_count", view="server-list") >= 3
+    assert not any(label == "view" and "/" in value for samples in after.values()
+                   for labels in samples for label, value in labels)
     key = {"kind": "provision", "outcome": "succeeded"}
     assert _value(after, "zlh_operations_total", **key) == \
         _value(before, "zlh_operations_total", **key) + 2
