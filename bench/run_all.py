@@ -25,6 +25,7 @@ BENCHES = [
     ("reconcile_scale", [], ["--sizes", "1000,5000"]),
     ("backup_schedule", [], ["--servers", "200"]),
     ("server_schedules", [], ["--servers", "500"]),
+    ("fleet_views", [], ["--sizes", "1000", "--repeat", "3"]),
     ("adopt", [], ["--servers", "200"]),
     ("burst", [], ["--servers", "30"]),
 ]
@@ -45,6 +46,10 @@ PICK = {
     "server_schedules": [("decisions per second", r"(\d+) decisions/s"),
                          ("queries per decision", r"queries per decision: ([\d.]+)"),
                          ("servers restarted twice", r"servers with two: (\d+)")],
+    "fleet_views": [("overview queries / ms at the largest size",
+                     r"^\s+\d+\s+(\d+\s+\d+)\s+\d+\s+\d+"),
+                    ("scrape queries / ms at the largest size",
+                     r"^\s+\d+\s+\d+\s+\d+\s+(\d+\s+\d+)")],
     "burst": [("all running / one alone", r"running\s+[\d.]+ s\s+\(([\d.]+)x"),
               ("worker RSS peak MB", r"RSS idle / peak\s+\d+ / (\d+) MB")],
     "adopt": [("apply seconds", r"^apply: ([\d.]+) s"),
