@@ -29,7 +29,7 @@ from django.core.signals import request_finished, request_started
 FIELDS = ("request_id", "operation_id", "server_id", "kind", "attempt", "task", "task_id",
           "worker")
 _bound: ContextVar[dict[str, Any]] = ContextVar("zlh_log_fields", default={})
-_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+_HOST = socket.gethostname()
 
 
 @contextmanager
@@ -51,7 +51,8 @@ class ContextFilter(logging.Filter):
     """Puts the bound fields on the record (`record.zlh`), and the worker (host:pid)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.zlh = {**_bound.get(), "worker": _WORKER}
+        # The pid at the time of the line: a prefork worker's children are forked after import.
+        record.zlh = {**_bound.get(), "worker": f"{_HOST}:{os.getpid()}"}
         return True
 
 

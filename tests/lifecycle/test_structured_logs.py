@@ -54,6 +54,9 @@ def test_a_provision_logs_json_lines_bound_to_its_operation(stack, worker_env, t
         assert record["attempt"] in {"1", "2", "3"} and record["task_id"] and record["worker"]
         assert {"ts", "level", "logger", "message"} <= set(record)
     assert {r["attempt"] for r in mine} >= {"1", "2"}
+    # The worker is the child process that ran it (forked after import), not the parent.
+    parent = f":{worker.pid}"
+    assert all(not r["worker"].endswith(parent) for r in mine), {r["worker"] for r in mine}
     assert any("retrying" in r["message"] and "***" in r["message"] for r in mine), mine
     # Lines of other tasks (the notifier, the sweeper) carry their task, not this operation.
     assert all(r.get("operation_id") in (None, str(op.id)) for r in records)
