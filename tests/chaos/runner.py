@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 from lifecycle.choices import ACTIVE_OPERATION_STATES
 from lifecycle.models import Backup, ContainerInstance, Operation
 from notifications.models import Notification
-from reconciler.models import ControllerRun, RepairEvent
+from reconciler.models import ControllerRun, Finding, RepairEvent
 from tests.support import broker
 from tests.support.platform import game_body
 from tests.support.waiting import wait_until
@@ -285,6 +285,10 @@ class ChaosRun:
             state="pending").values_list("channel", "title")[:5]]
         self.waiting_for += [("backup", b) for b in Backup.objects.filter(
             state__in=("creating", "deleting")).values_list("id", "state")[:5]]
+        # A repaired drift's finding closes at the next cycle that no longer sees it: until
+        # then the doctor (checked below) still lists it.
+        self.waiting_for += [("finding", f) for f in Finding.objects.filter(
+            open=True).values_list("finding_type", "subject")[:5]]
         self.waiting_for += [(i.slug, i.status, "wants", i.desired_state)
                              for i in ContainerInstance.objects.all()
                              if i.status != EXPECTED_STATUS[i.desired_state]]
