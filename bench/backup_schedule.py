@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from lifecycle.models import AccountQuota, Backup, ContainerInstance, Operation
     from lifecycle.services.backup_schedule import backup_schedule_tick
     from tests.support.devstack import Devstack, apply_settings
-    from tests.support.platform import make_user, seed_platform
+    from tests.support.platform import bulk_servers, make_user, seed_platform
     from tests.support.procs import child_env
     from tests.support.workers import start_worker
 
@@ -61,17 +60,11 @@ def run(args: argparse.Namespace) -> int:
              "AGENT_TIMEOUT": "1", "AGENT_HEARTBEAT_URL":
              "http://127.0.0.1:9/api/v1/agents/{server_id}/heartbeat"}
     apply_settings(settings, {**stack.env, **knobs})
-    nodes = seed_platform(nodes=("pve1", "pve2"), memory_mb=10**9, subnet_prefix=16,
-                          vmids=(100, 99999))
+    seed_platform(nodes=("pve1", "pve2"), memory_mb=10**9, subnet_prefix=16,
+                  vmids=(100, 99999))
     owner = make_user("bench").user
     AccountQuota.objects.filter(user=owner).update(max_backups=10**6, max_backup_gb=10**6)
-    servers = [ContainerInstance(
-        id=uuid.uuid4(), owner=owner, name=f"s{i}", slug=f"s{i}", live_slug=f"s{i}",
-        kind="game", variant="vanilla", version="1.21.1", plan="vanilla", memory_mb=2048,
-        cores=2, disk_gb=8, node=nodes[i % 2], vmid=100000 + i,
-        ip=f"10.{i % 2 + 1}.{(i // 250) % 250}.{i % 250 + 2}", ports={"game": 30000 + i},
-        status="running", desired_state="running") for i in range(args.servers)]
-    ContainerInstance.objects.bulk_create(servers, batch_size=2000)
+    servers = bulk_servers(owner, args.servers)
     # Made a day ago: every one of them is due now.
     ContainerInstance.objects.update(created_at=Now() - __import__("datetime").timedelta(
         seconds=interval + 60))

@@ -11,7 +11,6 @@ import argparse
 import statistics
 import sys
 import time
-import uuid
 from datetime import timedelta
 
 from harness import throwaway_database
@@ -33,16 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from django.test import Client
     from django.utils import timezone
 
-    from lifecycle.models import ContainerInstance, Node, Operation
+    from lifecycle.models import Operation
     from notifications.models import Notification
     from reconciler.models import ControllerRun, Finding
-    from tests.support.platform import make_user, seed_platform
+    from tests.support.platform import bulk_servers, make_user, seed_platform
 
     settings.METRICS_TOKEN = "bench-" + "t" * 32
     settings.ALLOWED_HOSTS = ["*"]
     seed_platform(nodes=("pve1", "pve2"), memory_mb=10**9, subnet_prefix=16, vmids=(100, 99999))
     owner = make_user("bench").user
-    nodes = list(Node.objects.order_by("name"))
     admin = get_user_model().objects.create_superuser("chief", password="x" * 16)
     client = Client()
     client.force_login(admin)
@@ -51,14 +49,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'servers':>8} {'overview q':>10} {'overview ms':>11} {'scrape q':>9} "
           f"{'scrape ms':>9} {'scrape KB':>9}")
     for size in [int(s) for s in args.sizes.split(",")]:
-        batch = [ContainerInstance(
-            id=uuid.uuid4(), owner=owner, name=f"b{i}", slug=f"b{i}", live_slug=f"b{i}",
-            kind="game", variant="vanilla", version="1.21.1", plan="vanilla", memory_mb=2048,
-            cores=2, disk_gb=8, node=nodes[i % 2], vmid=100000 + i,
-            ip=f"10.{i % 2 + 1}.{(i // 250) % 250}.{i % 250 + 2}", ports={"game": 30000 + i},
-            status=statuses[i % len(statuses)], desired_state="running")
-            for i in range(made, size)]
-        ContainerInstance.objects.bulk_create(batch, batch_size=2000)
+        batch = bulk_servers(owner, size - made, start=made, prefix="b",
+                             status=lambda i: statuses[i % len(statuses)])
         now = timezone.now()
         Operation.objects.bulk_create([
             Operation(instance=s, kind="provision", state="succeeded", attempt=1,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
 from datetime import time as dt_time
 from datetime import timedelta
 
@@ -39,29 +38,20 @@ def run(args: argparse.Namespace) -> int:
     from django.db.models import Count
 
     from core.clock import db_now
-    from lifecycle.models import AccountProfile, ContainerInstance, Operation, ServerSchedule
+    from lifecycle.models import AccountProfile, Operation, ServerSchedule
     from lifecycle.services.schedules import server_schedule_tick
-    from tests.support.platform import make_user, seed_platform
+    from tests.support.platform import bulk_servers, make_user, seed_platform
 
     settings.ZLH_SERVER_SCHEDULE_INTERVAL_SECONDS = 3600  # one tick decides the whole fleet
-    nodes = seed_platform(nodes=("pve1", "pve2"), memory_mb=10**9, subnet_prefix=16,
-                          vmids=(100, 99999))
+    seed_platform(nodes=("pve1", "pve2"), memory_mb=10**9, subnet_prefix=16,
+                  vmids=(100, 99999))
     owner = make_user("bench").user
     AccountProfile.objects.create(user=owner, time_zone="Europe/Berlin")
     n = args.servers
     busy_every = int(1 / args.busy) if args.busy else 0
     stopped_every = int(1 / args.stopped) if args.stopped else 0
-    servers = []
-    for i in range(n):
-        stopped = bool(stopped_every) and i % stopped_every == 1
-        servers.append(ContainerInstance(
-            id=uuid.uuid4(), owner=owner, name=f"s{i}", slug=f"s{i}", live_slug=f"s{i}",
-            kind="game", variant="vanilla", version="1.21.1", plan="vanilla", memory_mb=2048,
-            cores=2, disk_gb=8, node=nodes[i % 2], vmid=100000 + i,
-            ip=f"10.{i % 2 + 1}.{(i // 250) % 250}.{i % 250 + 2}", ports={"game": 30000 + i},
-            status="stopped" if stopped else "running",
-            desired_state="stopped" if stopped else "running"))
-    ContainerInstance.objects.bulk_create(servers, batch_size=2000)
+    servers = bulk_servers(owner, n, status=lambda i: "stopped" if stopped_every
+                           and i % stopped_every == 1 else "running")
     busy = [s for i, s in enumerate(servers) if busy_every and i % busy_every == 0]
     Operation.objects.bulk_create([
         Operation(instance=s, kind="backup", state="running", active_slot=s.id,

@@ -51,6 +51,17 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StrictIntegerField(serializers.IntegerField):
+    """A whole number as JSON sends it: "5" and true are refused, not quietly converted."""
+
+    default_error_messages = {"invalid": "A whole number."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class ServerCreateInput(StrictInputSerializer):
     name = StrictCharField(
         max_length=64, help_text="DNS label: 3-32 lowercase letters, digits, hyphens."
@@ -278,6 +289,17 @@ class ResizeInput(StrictInputSerializer):
 _DAYS_HELP = "Days of the week it runs on (default: every day)."
 
 
+class DaysField(serializers.ListField):
+    """Day names, with one flat message for a name that is not a day."""
+
+    def to_internal_value(self, data):
+        unknown = [d for d in data if d not in DAY_NAMES] if isinstance(data, list) else []
+        if unknown:
+            raise serializers.ValidationError(
+                f"Not a day: {str(unknown[0])[:16]!r}; use {', '.join(DAY_NAMES)}.")
+        return super().to_internal_value(data)
+
+
 class ScheduleInput(StrictInputSerializer):
     """A schedule as the portal sends it (POST: `action` and `time` required; PATCH: any)."""
 
@@ -286,26 +308,13 @@ class ScheduleInput(StrictInputSerializer):
     time = serializers.RegexField(r"^([01]\d|2[0-3]):[0-5]\d$", max_length=5,
                                   help_text="Local time HH:MM in the owner's time zone "
                                             "(GET /me/profile).")
-    days = serializers.ListField(child=serializers.ChoiceField(choices=list(DAY_NAMES)),
-                                 min_length=1, max_length=7, required=False,
-                                 help_text=_DAYS_HELP)
-    announce_minutes = serializers.IntegerField(
+    days = DaysField(child=serializers.ChoiceField(choices=list(DAY_NAMES)),
+                     min_length=1, max_length=7, required=False, help_text=_DAYS_HELP)
+    announce_minutes = StrictIntegerField(
         min_value=0, max_value=ANNOUNCE_MAX_MINUTES, required=False,
         help_text="Game servers, restart or stop: tell the players in game this many minutes "
                   "before (0: no announcement).")
     enabled = serializers.BooleanField(required=False)
-
-    def to_internal_value(self, data):
-        if isinstance(data, dict):
-            minutes = data.get("announce_minutes", 0)  # no quiet "5" -> 5 or true -> 1
-            if isinstance(minutes, bool) or not isinstance(minutes, int):
-                raise serializers.ValidationError({"announce_minutes": ["A whole number."]})
-            days = data.get("days", [])
-            unknown = [d for d in days if d not in DAY_NAMES] if isinstance(days, list) else []
-            if unknown:
-                raise serializers.ValidationError({"days": [
-                    f"Not a day: {str(unknown[0])[:16]!r}; use {', '.join(DAY_NAMES)}."]})
-        return super().to_internal_value(data)
 
     def service_values(self) -> dict:
         """The validated fields, named as the schedule service takes them."""

@@ -153,16 +153,25 @@ def _describe(schedule: ServerSchedule) -> dict[str, Any]:
             "next_run_at": schedule.next_run_at.isoformat() if schedule.next_run_at else None}
 
 
-def _place(schedule: ServerSchedule, *, owner_id: Any, now: datetime) -> None:
+def _place(schedule: ServerSchedule, *, zone: str, now: datetime) -> None:
+    """Set the schedule's next time after `now` in `zone` (none while disabled)."""
     schedule.next_run_at = next_occurrence(
-        time_of_day=schedule.time_of_day, weekdays=schedule.weekdays,
-        zone=time_zone_of(owner_id), after=now) if schedule.enabled else None
+        time_of_day=schedule.time_of_day, weekdays=schedule.weekdays, zone=zone,
+        after=now) if schedule.enabled else None
 
 
-def _duplicate(exc: IntegrityError, schedule: ServerSchedule) -> InvalidRequest:
-    return InvalidRequest(
-        f"This server already has a {schedule.action} at {schedule.time_of_day:%H:%M}; "
-        "change that schedule's days instead.", fields={"time": ["Already scheduled."]})
+def _save(schedule: ServerSchedule, *, actor: Actor, action: str) -> None:
+    """Save (the same action at the same time twice is a clear refusal) and audit."""
+    try:
+        with transaction.atomic():
+            schedule.save()
+    except IntegrityError as exc:
+        raise InvalidRequest(
+            f"This server already has a {schedule.action} at {schedule.time_of_day:%H:%M}; "
+            "change that schedule's days instead.",
+            fields={"time": ["Already scheduled."]}) from exc
+    audit_record(actor=actor, instance_id=schedule.instance_id, action=action,
+                 data=_describe(schedule))
 
 
 @retry_on_lock_conflict
@@ -184,14 +193,8 @@ def schedule_create(*, actor: Actor, server: ContainerInstance, action: str, tim
                 f"A server has at most {settings.SERVER_SCHEDULES_MAX} schedules; change or "
                 "remove one first.")
         schedule = ServerSchedule(instance=inst, **values)
-        _place(schedule, owner_id=inst.owner_id, now=db_now())
-        try:
-            with transaction.atomic():
-                schedule.save()
-        except IntegrityError as exc:
-            raise _duplicate(exc, schedule) from exc
-        audit_record(actor=actor, instance_id=inst.pk, action="schedule:create",
-                     data=_describe(schedule))
+        _place(schedule, zone=time_zone_of(inst.owner_id), now=db_now())
+        _save(schedule, actor=actor, action="schedule:create")
     return schedule
 
 
@@ -207,15 +210,9 @@ def schedule_update(*, actor: Actor, schedule_id: Any, **changes: Any) -> Server
         for name, value in changes.items():
             setattr(schedule, name, value)
         _validate(schedule.instance, {name: getattr(schedule, name) for name in _FIELDS})
-        _place(schedule, owner_id=schedule.instance.owner_id, now=db_now())
+        _place(schedule, zone=time_zone_of(schedule.instance.owner_id), now=db_now())
         schedule.announced_for = None
-        try:
-            with transaction.atomic():
-                schedule.save()
-        except IntegrityError as exc:
-            raise _duplicate(exc, schedule) from exc
-        audit_record(actor=actor, instance_id=schedule.instance_id, action="schedule:update",
-                     data=_describe(schedule))
+        _save(schedule, actor=actor, action="schedule:update")
     return schedule
 
 
@@ -244,9 +241,7 @@ def profile_set_time_zone(*, actor: Actor, user: Any, time_zone: str) -> Account
         moved = 0
         for schedule in ServerSchedule.objects.select_for_update().filter(
                 instance__owner=user, enabled=True):
-            schedule.next_run_at = next_occurrence(
-                time_of_day=schedule.time_of_day, weekdays=schedule.weekdays, zone=time_zone,
-                after=now)
+            _place(schedule, zone=time_zone, now=now)
             schedule.announced_for = None
             schedule.save(update_fields=("next_run_at", "announced_for", "updated_at"))
             moved += 1
@@ -324,7 +319,7 @@ def _run_one(schedule_id: Any) -> str | None:
         schedule.last_message = message[:300]
         if operation is not None:
             schedule.last_operation = operation
-        _place(schedule, owner_id=server.owner_id, now=now)
+        _place(schedule, zone=time_zone_of(server.owner_id), now=now)
         schedule.save(update_fields=("last_run_at", "last_result", "last_message",
                                      "last_operation", "next_run_at", "updated_at"))
     logger.debug("schedule %s of server %s: %s (%s)", schedule.id, server.pk, result, message)

@@ -6,7 +6,6 @@ artifacts/screenshots/fleet-overview.png)."""
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import timedelta
 from html import unescape
 
@@ -18,11 +17,12 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from lifecycle.choices import OperationKind, OperationState
-from lifecycle.models import ContainerInstance, Node, Operation
+from lifecycle.models import ContainerInstance
 from reconciler.models import ControllerRun
 from tests.admin.test_admin_permissions import _staff
 from tests.admin.test_browser import browser, shot
 from tests.factories import ControllerRunFactory, FindingFactory, OperationFactory
+from tests.support.platform import bulk_servers
 
 __all__ = ("browser",)  # the headless-Chromium fixture, used here too
 URL = "/admin/fleet/"
@@ -30,17 +30,12 @@ URL = "/admin/fleet/"
 QUERIES = 14
 
 
-def seed_fleet(n: int, owner) -> list[ContainerInstance]:
-    nodes = list(Node.objects.order_by("name"))
-    statuses = ["running"] * 7 + ["stopped", "failed", "provisioning"]
-    servers = [ContainerInstance(
-        id=uuid.uuid4(), owner=owner, name=f"f{i}", slug=f"f{i}", live_slug=f"f{i}",
-        kind="game", variant="vanilla", version="1.21.1", plan="vanilla", memory_mb=2048,
-        cores=2, disk_gb=8, node=nodes[i % len(nodes)], vmid=200000 + i,
-        ip=f"10.{i % 2 + 1}.{(i // 250) % 250}.{i % 250 + 2}", ports={"game": 40000 + i},
-        status=statuses[i % len(statuses)], desired_state="running") for i in range(n)]
-    ContainerInstance.objects.bulk_create(servers, batch_size=2000)
-    return servers
+STATUSES = ["running"] * 7 + ["stopped", "failed", "provisioning"]
+
+
+def seed_fleet(n: int, owner, *, start: int = 0) -> list[ContainerInstance]:
+    return bulk_servers(owner, n, start=start, prefix="f", vmid_base=200000, port_base=40000,
+                        status=lambda i: STATUSES[i % len(STATUSES)])
 
 
 def seed_history(servers) -> None:
@@ -116,22 +111,9 @@ def test_the_overview_costs_the_same_queries_at_5000_servers(operator, platform,
 
     seed_history(seed_fleet(20, alice.user))
     small = queries()
-    seed_fleet_offset(4980, alice.user, offset=20)
+    seed_fleet(4980, alice.user, start=20)
     assert ContainerInstance.objects.count() == 5000
     assert queries() == small == QUERIES
-
-
-def seed_fleet_offset(n: int, owner, *, offset: int) -> list[ContainerInstance]:
-    nodes = list(Node.objects.order_by("name"))
-    servers = [ContainerInstance(
-        id=uuid.uuid4(), owner=owner, name=f"g{i}", slug=f"g{i}", live_slug=f"g{i}",
-        kind="game", variant="vanilla", version="1.21.1", plan="vanilla", memory_mb=2048,
-        cores=2, disk_gb=8, node=nodes[i % len(nodes)], vmid=300000 + i,
-        ip=f"10.{i % 2 + 1}.{(i // 250) % 250}.{i % 250 + 2}", ports={"game": 45000 + i},
-        status="running" if i % 5 else "stopped", desired_state="running")
-        for i in range(offset, offset + n)]
-    ContainerInstance.objects.bulk_create(servers, batch_size=2000)
-    return servers
 
 
 @pytest.mark.browser

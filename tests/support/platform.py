@@ -58,3 +58,28 @@ def game_body(name: str, **over: Any) -> dict[str, Any]:
             "plan": "vanilla"}
     body.update(over)
     return body
+
+
+def bulk_servers(owner: Any, count: int, *, start: int = 0, prefix: str = "s",
+                 status: Any = "running", vmid_base: int = 100000,
+                 port_base: int = 30000) -> list[Any]:
+    """`count` placed game servers inserted at once (benchmarks and fleet-size tests), numbered
+    from `start`, alternating over the nodes (pve1, pve2 of `seed_platform`). `status` is a
+    status or a function of the number."""
+    import uuid
+
+    from lifecycle.models import ContainerInstance
+
+    nodes = list(Node.objects.order_by("name"))
+    servers = []
+    for i in range(start, start + count):
+        state = status(i) if callable(status) else status
+        servers.append(ContainerInstance(
+            id=uuid.uuid4(), owner=owner, name=f"{prefix}{i}", slug=f"{prefix}{i}",
+            live_slug=f"{prefix}{i}", kind="game", variant="vanilla", version="1.21.1",
+            plan="vanilla", memory_mb=2048, cores=2, disk_gb=8, node=nodes[i % len(nodes)],
+            vmid=vmid_base + i, ip=f"10.{i % 2 + 1}.{(i // 250) % 250}.{i % 250 + 2}",
+            ports={"game": port_base + i}, status=state,
+            desired_state="stopped" if state == "stopped" else "running"))
+    ContainerInstance.objects.bulk_create(servers, batch_size=2000)
+    return servers
