@@ -347,7 +347,7 @@ class OperationAdmin(admin.ModelAdmin):
     readonly_fields = ("id", "instance", "kind", "state", "step", "attempt", "worker",
                        "lease_expires_at", "requested_by", "params_json", "error_json",
                        "log_text", "created_at", "started_at", "finished_at", "enqueued_at",
-                       "next_attempt_at")
+                       "next_attempt_at", "waiting_for", "wait_deadline")
     exclude = ("params", "error", "log", "active_slot")
 
     def has_add_permission(self, request):

@@ -95,6 +95,9 @@ class OperationState(models.TextChoices):
 
 #: An operation in these states holds its instance's active slot.
 ACTIVE_OPERATION_STATES = frozenset({OperationState.QUEUED, OperationState.RUNNING})
+#: A queued operation's `waiting_for` while its game installs (the wait for readiness goes on
+#: without a worker); "<node>/<kind>" while it waits for a node's place (services.node_slots).
+WAITING_FOR_READY = "agent/ready"
 TERMINAL_OPERATION_STATES = frozenset(
     {OperationState.SUCCEEDED, OperationState.FAILED, OperationState.ERRORED,
      OperationState.STALE, OperationState.CANCELLED}

@@ -12,6 +12,7 @@ A fixed number of queries per scrape, whatever the fleet's size (a test pins it)
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,8 +32,10 @@ from core.clock import db_now
 from lifecycle.choices import (
     ACTIVE_OPERATION_STATES,
     TERMINAL_OPERATION_STATES,
+    WAITING_FOR_READY,
     InstanceStatus,
     OperationKind,
+    OperationState,
 )
 from lifecycle.models import AgentHeartbeat, ContainerInstance, Operation
 from lifecycle.selectors import node_capacity_list
@@ -102,11 +105,26 @@ class FleetCollector:
     def _operations(self) -> Iterator[Any]:
         in_flight = GaugeMetricFamily("zlh_operations_in_flight",
                                       "Operations queued or running.", labels=["kind", "state"])
-        for kind, state, n in (Operation.objects.filter(state__in=ACTIVE_OPERATION_STATES)
-                               .values_list("kind", "state").annotate(n=Count("id"))
-                               .values_list("kind", "state", "n")):
-            in_flight.add_metric([kind, state], n)
+        waiting = GaugeMetricFamily(
+            "zlh_operations_waiting",
+            "Operations queued to look again later, holding no worker, by what they wait for "
+            "(ready: their game installing; place: a node's Proxmox task limit).",
+            labels=["kind", "waiting_for"])
+        counts: Counter[tuple[str, str]] = Counter()
+        waits: Counter[tuple[str, str]] = Counter()
+        for kind, state, key, n in (Operation.objects.filter(state__in=ACTIVE_OPERATION_STATES)
+                                    .values_list("kind", "state", "waiting_for")
+                                    .annotate(n=Count("id"))
+                                    .values_list("kind", "state", "waiting_for", "n")):
+            counts[kind, state] += n
+            if key and state == OperationState.QUEUED:
+                waits[kind, "ready" if key == WAITING_FOR_READY else "place"] += n
+        for labels, n in sorted(counts.items()):
+            in_flight.add_metric(list(labels), n)
+        for labels, n in sorted(waits.items()):
+            waiting.add_metric(list(labels), n)
         yield in_flight
+        yield waiting
         done = CounterMetricFamily("zlh_operations", "Operations finished, by outcome.",
                                    labels=["kind", "outcome"])
         retries = CounterMetricFamily("zlh_operation_retries",

@@ -364,6 +364,12 @@ AGENT_MEMORY_PRESSURE_PERCENT = env.int("AGENT_MEMORY_PRESSURE_PERCENT", default
 # How long provisioning waits for the agent to answer, and for the server to become ready.
 AGENT_WAIT_SECONDS = env.float("AGENT_WAIT_SECONDS", default=180.0)
 READY_WAIT_SECONDS = env.float("READY_WAIT_SECONDS", default=900.0)
+# The wait for readiness holds a worker thread for READY_HOLD_SECONDS at most (a quick start is
+# seen at once); after that the operation is queued again and looks every READY_LOOK_SECONDS
+# (worker.errors.WaitLater), so a game installing for minutes holds no worker and a host can
+# have far more servers installing than it has threads. Provision, start and restart wait so.
+READY_HOLD_SECONDS = max(0.0, env.float("READY_HOLD_SECONDS", default=5.0))
+READY_LOOK_SECONDS = max(0.05, env.float("READY_LOOK_SECONDS", default=3.0))
 # Graceful stop: seconds the game gets to save, then the container's shutdown timeout.
 GAME_STOP_WAIT_SECONDS = env.float("GAME_STOP_WAIT_SECONDS", default=60.0)
 CONTAINER_SHUTDOWN_TIMEOUT = env.int("CONTAINER_SHUTDOWN_TIMEOUT", default=60)

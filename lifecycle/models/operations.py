@@ -36,9 +36,14 @@ class Operation(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     # A retry waits until then (short backoff), instead of a long Celery countdown.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
-    # "<node>/<kind>" while queued to wait for a place for a Proxmox task (node_slots): the
-    # place given back wakes the operation that has waited longest, at once.
+    # What it waits for while queued to look again later (worker.errors.WaitLater):
+    # "<node>/<kind>" for a place for a Proxmox task (node_slots: the place given back wakes the
+    # operation that has waited longest, at once), "agent/ready" for a game being installed.
     waiting_for = models.CharField(max_length=80, blank=True, default="", editable=False)
+    # The end of a bounded wait that goes on across looks (the first look writes it, the
+    # database's clock); set only while the flow is inside that wait, so a claim with it set
+    # resumes the flow at the wait instead of running its steps again.
+    wait_deadline = models.DateTimeField(null=True, blank=True, editable=False)
     requested_by = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -62,6 +62,7 @@ def operation_transition(
         values["active_slot"] = None
         values["finished_at"] = Now()
         values["lease_expires_at"] = None
+        values["wait_deadline"] = None  # no longer inside any wait
     qs = Operation.objects.filter(pk=operation_id, state__in=expected_set)
     if condition is not None:
         qs = qs.filter(condition)
@@ -105,22 +106,27 @@ def operation_retry_later(*, operation_id: Any, worker: str, error: dict[str, An
     operation_transition(
         operation_id=operation_id, expected=O.RUNNING, to=O.QUEUED, condition=held_by(worker),
         fields={"error": error, "log": log, "worker": "", "lease_expires_at": None,
-                "next_attempt_at": db_after(delay_seconds),
+                "next_attempt_at": db_after(delay_seconds), "wait_deadline": None,
                 "enqueued_at": Now()},
     )
 
 
 def operation_wait(*, operation_id: Any, worker: str, log: list[dict[str, Any]],
-                   delay_seconds: float, waiting_for: str = "") -> None:
-    """running -> queued to wait for a place (a Proxmox task limit, `waiting_for` "node/kind"):
-    due again after `delay_seconds` or when a place is given back, whichever comes first; the
-    claim that comes back does not count as another attempt."""
-    operation_transition(
-        operation_id=operation_id, expected=O.RUNNING, to=O.QUEUED, condition=held_by(worker),
-        fields={"log": log, "worker": "", "lease_expires_at": None, "waiting_for": waiting_for,
-                "attempt": F("attempt") - 1, "next_attempt_at": db_after(delay_seconds),
-                "enqueued_at": Now()},
-    )
+                   delay_seconds: float, waiting_for: str = "",
+                   deadline_seconds: float | None = None) -> None:
+    """running -> queued to wait for something outside (`waiting_for`: "node/kind" for a place
+    under a Proxmox task limit, "agent/ready" for a game being installed): due again after
+    `delay_seconds` (or, for a place, when one is given back); the claim that comes back does
+    not count as another attempt. `deadline_seconds` bounds a wait that goes on across looks:
+    the first look writes `wait_deadline`, later ones keep it."""
+    fields: dict[str, Any] = {
+        "log": log, "worker": "", "lease_expires_at": None, "waiting_for": waiting_for,
+        "attempt": F("attempt") - 1, "next_attempt_at": db_after(delay_seconds),
+        "enqueued_at": Now()}
+    if deadline_seconds is not None:
+        fields["wait_deadline"] = Coalesce(F("wait_deadline"), db_after(deadline_seconds))
+    operation_transition(operation_id=operation_id, expected=O.RUNNING, to=O.QUEUED,
+                         condition=held_by(worker), fields=fields)
 
 
 def operation_succeed(*, operation_id: Any, worker: str, log: list[dict[str, Any]]) -> None:

@@ -62,6 +62,10 @@ class OperationContext:
     step: str = ""
     #: The operation has been retried for longer than OPERATION_RETRY_WINDOW_SECONDS.
     retry_window_over: bool = False
+    #: Claimed back inside a bounded wait that goes on across looks (`wait_deadline` set, see
+    #: errors.WaitLater): the flow resumes at that wait. `wait_over`: its deadline has passed.
+    waiting: bool = False
+    wait_over: bool = False
     _renewed_at: float = field(default_factory=time.monotonic)
     #: How many entries at the start of `log` the database holds (the rest are to be written).
     _saved: int = field(init=False)
@@ -117,8 +121,10 @@ class OperationContext:
         self._saved = len(self.log)
         return self.log
 
-    def checkpoint(self, step: str, message: str = "") -> None:
+    def checkpoint(self, step: str, message: str = "", *, wait_done: bool = False) -> None:
         """Record progress; also renews the lease. LeaseLost if another worker took over.
+        `wait_done`: the flow has come out of its bounded wait (the deadline is cleared, in the
+        same write).
 
         Only the log lines written since the last save travel, appended by the database; the
         whole (cut) log is written once it has grown past twice LOG_LIMIT."""
@@ -128,11 +134,14 @@ class OperationContext:
             log: Any = list(self.full_log())
         else:
             log = JsonAppend("log", self.log[self._saved:])
+        extra: dict[str, Any] = {"wait_deadline": None} if wait_done else {}
         if not self._guarded().update(step=step, log=log, lease_expires_at=lease_expiry(),
-                                      updated_at=Now()):
+                                      updated_at=Now(), **extra):
             raise LeaseLost(f"operation {self.operation_id}: lease lost at step {step}")
         self._saved = len(self.log)
         self._renewed_at = time.monotonic()
+        if wait_done:
+            self.waiting = self.wait_over = False
 
     def remember(self, **values: Any) -> None:
         """Keep values on the operation's params for the next attempts (a temporary VMID, …).
@@ -160,15 +169,23 @@ class OperationContext:
 
         Starts fast (50 ms) and backs off to 2 s. `check` may raise to abort the wait.
         """
-        deadline = time.monotonic() + timeout
+        result = self.poll(check, seconds=timeout)
+        if result is None:
+            raise StepError(f"timed out after {timeout:.0f}s waiting for {what}",
+                            retryable=retryable, kind="timeout")
+        return result
+
+    def poll(self, check: Callable[[], T | None], *, seconds: float) -> T | None:
+        """`check`'s first answer that is not None, polled as `wait_for` does for at most
+        `seconds` (checked at least once); None if there was none by then."""
+        deadline = time.monotonic() + seconds
         delay = 0.05
         while True:
             result = check()
             if result is not None:
                 return result
             if time.monotonic() >= deadline:
-                raise StepError(f"timed out after {timeout:.0f}s waiting for {what}",
-                                retryable=retryable, kind="timeout")
+                return None
             self.renew()
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(2.0, delay * 1.6)

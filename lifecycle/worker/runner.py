@@ -10,7 +10,11 @@ How it ends:
   with a new message; after too many attempts → `failed`;
 - an outside failure that will not pass (a refusal, a foreign container) → `failed`;
 - our own code raising something unexpected → retried the same way, then `errored` (a platform
-  error an operator must look at, kept apart from failures of the outside world).
+  error an operator must look at, kept apart from failures of the outside world);
+- a wait for something outside that takes a while (`WaitLater`: a place under a node's task
+  limit, a game being installed) → `queued` again to look later, not counted as an attempt;
+  a bounded wait keeps its deadline on the row across looks, and a claim inside it resumes
+  the flow at the wait.
 In both terminal cases the flow's `on_failure` puts the server in a readable state, in the same
 transaction that ends the operation.
 """
@@ -28,6 +32,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import BooleanField, ExpressionWrapper, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from core.clock import db_before
@@ -48,8 +53,8 @@ from ..statemachines.operation import (
 )
 from .context import OperationContext
 from .steps.status import announce_failure
-from ..services.node_slots import node_slot_release, waiting_key
-from .errors import LeaseLost, StepError, WaitForSlot
+from ..services.node_slots import node_slot_release
+from .errors import LeaseLost, StepError, WaitLater
 
 logger = logging.getLogger(__name__)
 #: How a claim begins its log line (a look for a free Proxmox task place drops its own).
@@ -81,13 +86,19 @@ def claim(*, operation_id: Any, worker: str | None = None) -> OperationContext |
     except TransitionConflict:
         return None
     # Read back with whether it started longer ago than the retry window (database clock).
-    op = Operation.objects.annotate(retry_window_over=ExpressionWrapper(
-        Q(started_at__lt=db_before(settings.OPERATION_RETRY_WINDOW_SECONDS)),
-        output_field=BooleanField())).get(pk=operation_id)
+    # Read back with whether it started longer ago than the retry window, and whether the wait
+    # it is inside (if any) is over (database clock).
+    op = Operation.objects.annotate(
+        retry_window_over=ExpressionWrapper(
+            Q(started_at__lt=db_before(settings.OPERATION_RETRY_WINDOW_SECONDS)),
+            output_field=BooleanField()),
+        wait_over=ExpressionWrapper(Q(wait_deadline__lt=Now()), output_field=BooleanField()),
+    ).get(pk=operation_id)
     ctx = OperationContext(operation_id=op.id, instance_id=op.instance_id, kind=op.kind,
                            worker=worker, attempt=op.attempt, params=op.params or {},
                            log=list(op.log or []), step=op.step,
-                           retry_window_over=bool(op.retry_window_over))
+                           retry_window_over=bool(op.retry_window_over),
+                           waiting=op.wait_deadline is not None, wait_over=bool(op.wait_over))
     ctx.note(f"{CLAIMED} {worker} (attempt {op.attempt}"
              f"{', after step ' + op.step if op.step else ''})")
     return ctx
@@ -114,11 +125,10 @@ def _retry_later(ctx: OperationContext, err: BaseException) -> None:
     operation_enqueue(operation_id=ctx.operation_id, countdown=delay)
 
 
-def _wait_for_slot(ctx: OperationContext, wait: WaitForSlot) -> None:
-    """Queue the operation again to look for a place shortly; no worker waits meanwhile. The
-    log says so once per wait, not at every look."""
-    delay = settings.PROXMOX_SLOT_WAIT_SECONDS
-    message = f"{wait}; looking again every {delay:g}s"
+def _wait(ctx: OperationContext, wait: WaitLater) -> None:
+    """Queue the operation again to look shortly (a place on a node, a game being installed);
+    no worker waits meanwhile. The log says so once per wait, not at every look."""
+    message = f"{wait}; looking again every {wait.delay:g}s"
     if (len(ctx.log) >= 2 and ctx.log[-2].get("msg") == message
             and ctx.log[-1].get("msg", "").startswith(CLAIMED)):
         ctx.log.pop()  # this look's claim: the log says already that it waits
@@ -126,10 +136,11 @@ def _wait_for_slot(ctx: OperationContext, wait: WaitForSlot) -> None:
         ctx.note(message)
     try:
         operation_wait(operation_id=ctx.operation_id, worker=ctx.worker, log=ctx.full_log(),
-                       delay_seconds=delay, waiting_for=waiting_key(wait.node, wait.kind))
+                       delay_seconds=wait.delay, waiting_for=wait.key,
+                       deadline_seconds=wait.timeout)
     except TransitionConflict:
         return  # someone else owns it now
-    operation_enqueue(operation_id=ctx.operation_id, countdown=delay)
+    operation_enqueue(operation_id=ctx.operation_id, countdown=wait.delay)
 
 
 def _end(ctx: OperationContext, err: BaseException, transition: Callable[..., None],
@@ -172,8 +183,8 @@ def _run(ctx: OperationContext, operation_id: Any) -> str:
     except LeaseLost as exc:
         logger.warning("operation %s: %s; stopping without further changes", operation_id, exc)
         return Outcome.LEASE_LOST
-    except WaitForSlot as wait:
-        _wait_for_slot(ctx, wait)
+    except WaitLater as wait:
+        _wait(ctx, wait)
         return Outcome.WAITING
     except ExternalError as err:
         if err.retryable and not last_try:

@@ -386,6 +386,8 @@ class ChaosRun:
         self.check("every server reached its desired state", not mismatched, mismatched)
         self.check("no operation queued or running",
                    not Operation.objects.filter(state__in=ACTIVE_OPERATION_STATES).exists())
+        self.check("no operation left inside a wait (a deadline kept after it ended)",
+                   not Operation.objects.filter(wait_deadline__isnull=False).exists())
 
         running_game = {str(i.id): i for i in live if i.status == "running" and i.kind == "game"}
         cf = self.stack.cf_records()
@@ -493,6 +495,11 @@ class ChaosRun:
                        have.get("seed") and have.get("seed") == want.get("seed"),
                        (inst.slug, have, want))
 
+    def ready_waits(self) -> int:
+        return sum(1 for log in Operation.objects.values_list("log", flat=True)
+                   if any(str(e.get("msg", "")).startswith("waiting for the server to become "
+                                                           "ready") for e in log or []))
+
     def summary(self) -> str:
         return (f"CHAOS SEED {self.seed} PASSED — operations requested {dict(self.requested)}, "
                 f"accepted {dict(self.accepted)}; faults {dict(self.faults)}; "
@@ -501,5 +508,6 @@ class ChaosRun:
                 f"cycles {ControllerRun.objects.count()}, repairs "
                 f"{dict(Counter(RepairEvent.objects.values_list('state', flat=True)))}, "
                 f"blocked {dict(Counter(RepairEvent.objects.filter(state='blocked').values_list('action', 'reason')))}, "
-                f"notifications {Notification.objects.count()}; invariant checks passed "
+                f"notifications {Notification.objects.count()}; operations that waited for "
+                f"their game without a worker {self.ready_waits()}; invariant checks passed "
                 f"{len(self.checks)} ({len(set(self.checks))} kinds)")

@@ -29,6 +29,10 @@ CHAOS_ENV = {
     "ZLH_QUARANTINE_RELEASE_INTERVAL_SECONDS": "2",
     "NOTIFY_FLUSH_INTERVAL_SECONDS": "2",
     "RECONCILER_INTERVAL_SECONDS": "2",
+    # Every wait for a game to become ready goes on without a worker (queued, looking again),
+    # so the faults also land inside those waits.
+    "READY_HOLD_SECONDS": "0",
+    "READY_LOOK_SECONDS": "0.1",
 }
 
 
@@ -48,7 +52,7 @@ def test_chaos(seed, stack, worker_env, tmp_path, settings):
 def _chaos(seed, stack, worker_env, tmp_path, settings):
     stack.reset(time_scale=0.02)
     for key, value in CHAOS_ENV.items():
-        setattr(settings, key, int(value))
+        setattr(settings, key, type(getattr(settings, key))(value))
     owners = [make_user(f"chaos{i}", max_servers=40) for i in range(3)]
     staff = make_user("chaos-staff", staff=True)
     run = ChaosRun(seed=seed, stack=stack, owners=owners, staff=staff,

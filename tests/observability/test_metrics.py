@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from lifecycle.choices import OperationKind, OperationState
+from lifecycle.choices import WAITING_FOR_READY, OperationKind, OperationState
 from lifecycle.services.servers import server_create
 from tests.factories import (
     BreakerFactory,
@@ -68,7 +68,7 @@ def test_the_fleet_in_numbers(platform, alice, settings):
     settings.METRICS_TOKEN = TOKEN
     running = ContainerInstanceFactory.create_batch(3, owner=alice.user)
     stopped = ContainerInstanceFactory(owner=alice.user, status="stopped")
-    ContainerInstanceFactory(owner=alice.user, kind="dev", plan="modded")
+    dev = ContainerInstanceFactory(owner=alice.user, kind="dev", plan="modded")
     now = timezone.now()
     for i, server in enumerate(running):
         OperationFactory(instance=server, kind=OperationKind.PROVISION, attempt=1 + i,
@@ -78,6 +78,11 @@ def test_the_fleet_in_numbers(platform, alice, settings):
                      attempt=1, started_at=now, finished_at=now + timedelta(seconds=3))
     OperationFactory(instance=running[0], kind=OperationKind.RESTART,
                      state=OperationState.QUEUED)
+    # Waiting without a worker: one for its game, one for a node's place.
+    OperationFactory(instance=running[1], kind=OperationKind.RESTART,
+                     state=OperationState.QUEUED, waiting_for=WAITING_FOR_READY)
+    OperationFactory(instance=dev, kind=OperationKind.PROVISION,
+                     state=OperationState.QUEUED, waiting_for="pve1/create")
     FindingFactory.create_batch(2, instance=running[1])
     RepairEventFactory(instance=running[1], state="failed")
     BreakerFactory(action="start_container", state="open")
@@ -93,7 +98,10 @@ def test_the_fleet_in_numbers(platform, alice, settings):
     assert _value(metrics, "zlh_operations_total", kind="provision", outcome="succeeded") == 3
     assert _value(metrics, "zlh_operations_total", kind="stop", outcome="failed") == 1
     assert _value(metrics, "zlh_operation_retries_total", kind="provision") == 0 + 1 + 2
-    assert _value(metrics, "zlh_operations_in_flight", kind="restart", state="queued") == 1
+    assert _value(metrics, "zlh_operations_in_flight", kind="restart", state="queued") == 2
+    assert _value(metrics, "zlh_operations_waiting", kind="restart", waiting_for="ready") == 1
+    assert _value(metrics, "zlh_operations_waiting", kind="provision",
+                  waiting_for="place") == 1
     # Run times 40, 80, 120 s: the cumulative buckets and the sum say so.
     assert _value(metrics, "zlh_operation_run_seconds_bucket", kind="provision", le="60.0") == 1
     assert _value(metrics, "zlh_operation_run_seconds_bucket", kind="provision", le="120.0") == 3

@@ -10,7 +10,7 @@ from ...clients.proxmox import PowerState
 from ...models import ContainerInstance
 from ..context import OperationContext
 from ..steps import RESTART_STOP_DONE, Step
-from ..steps.agent import agent_session, wait_ready
+from ..steps.agent import agent_for, agent_session, wait_ready
 from ..steps.payload import provisioning_payload
 from ..steps.edge import publish_step, velocity_unregister_step
 from ..steps.proxmox import container_power, container_start, container_stop, proxmox
@@ -18,9 +18,21 @@ from ..steps.status import begin, finish, record_failure, settle_on_failure
 from . import Flow
 
 
-def start_steps(ctx: OperationContext, *, also: tuple[tuple[str, Any], ...] = ()) -> None:
+def start_steps(ctx: OperationContext, *, also: tuple[tuple[str, Any], ...] = (),
+                reschedule: bool = False) -> None:
     """Container running, agent up and holding the current credential, game started, ready,
-    edge published. `also`: other secrets the agent may hold (see agent_session)."""
+    edge published. `also`: other secrets the agent may hold (see agent_session).
+    `reschedule`: the wait for readiness queues the operation instead of holding the worker
+    (wait_ready); a claim inside that wait (`ctx.waiting`) resumes at it."""
+    if reschedule and ctx.waiting:
+        inst = ctx.instance()
+        agent = agent_for(inst)
+        try:
+            wait_ready(ctx, agent, reschedule=True)
+        finally:
+            agent.close()
+        publish_step(ctx, inst)
+        return
     pve = proxmox()
     inst = container_start(ctx, pve, ctx.instance())  # the fresh row: it may have moved
     ctx.checkpoint(Step.STARTED, f"CT {inst.vmid} running")
@@ -34,7 +46,7 @@ def start_steps(ctx: OperationContext, *, also: tuple[tuple[str, Any], ...] = ()
             ContainerInstance.objects.filter(pk=inst.pk).update(reconfigure_at_start=False)
             ctx.note("configuration sent again (new plan)")
         agent.game_start()
-        wait_ready(ctx, agent)
+        wait_ready(ctx, agent, reschedule=reschedule)
     finally:
         agent.close()
     publish_step(ctx, inst)
@@ -50,7 +62,7 @@ def stop_steps(ctx: OperationContext) -> None:
 
 def _run_start(ctx: OperationContext) -> None:
     begin(ctx)
-    start_steps(ctx)
+    start_steps(ctx, reschedule=True)
     finish(ctx, expected=ctx.spec.working, to=ctx.spec.ends_in)
 
 
@@ -64,7 +76,7 @@ def _run_restart(ctx: OperationContext) -> None:
     begin(ctx)
     if ctx.step not in RESTART_STOP_DONE:
         stop_steps(ctx)
-    start_steps(ctx)
+    start_steps(ctx, reschedule=True)
     finish(ctx, expected=ctx.spec.working, to=ctx.spec.ends_in)
 
 

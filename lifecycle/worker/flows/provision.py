@@ -1,5 +1,6 @@
 """Provision: ensure the container → its firewall → start it → give the agent its credential →
-send it the payload (installed before the first boot) → wait for ready → publish the edge →
+send it the payload (installed before the first boot) → wait for ready (no worker held while the
+game installs: the operation is queued and looks again, resuming here) → publish the edge →
 running. A server made from a backup (`source_backup`) restores the archive instead of the
 template, and its agent, holding the backup's world and game, is sent this server's
 configuration to apply in place (`reconfigure`)."""
@@ -16,7 +17,7 @@ from ...models import Backup, ContainerInstance
 from ..context import OperationContext
 from ..steps import Step
 from ..errors import StepError
-from ..steps.agent import agent_session, wait_ready
+from ..steps.agent import agent_for, agent_session, wait_ready
 from ..steps.backups import held_credentials
 from ..steps.edge import publish_step
 from ..steps.firewall import firewall_step
@@ -41,6 +42,17 @@ def _source(ctx: OperationContext) -> Backup | None:
 
 def run(ctx: OperationContext) -> None:
     begin(ctx, fields={"last_error": None})
+    if ctx.waiting:
+        # Back from the wait for readiness (queued while the game installs): everything before
+        # it is done; look again, then carry on. A wait that runs out is retried from the top.
+        inst = ctx.instance()
+        agent = agent_for(inst)
+        try:
+            wait_ready(ctx, agent, reschedule=True)
+        finally:
+            agent.close()
+        _publish_and_finish(ctx, inst)
+        return
     pve = proxmox()
     source = _source(ctx)
     inst = ensure_container(ctx, pve, extra={"ostemplate": source.volid, "restore": 1}
@@ -68,9 +80,13 @@ def run(ctx: OperationContext) -> None:
                            f"payload sent ({'replayed' if reply.get('replay') else 'new'})")
         else:
             ctx.checkpoint(Step.PAYLOAD, f"agent already has the payload ({state})")
-        wait_ready(ctx, agent)
+        wait_ready(ctx, agent, reschedule=True)
     finally:
         agent.close()
+    _publish_and_finish(ctx, inst)
+
+
+def _publish_and_finish(ctx: OperationContext, inst: ContainerInstance) -> None:
     publish_step(ctx, inst)  # only now: Velocity never gets a backend that cannot answer
     finish(ctx, expected=ctx.spec.working, to=ctx.spec.ends_in, announce=_announce_running)
 

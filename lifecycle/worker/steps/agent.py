@@ -25,6 +25,7 @@ from ...clients.agent import (
     AgentErrorKind,
     AgentState,
 )
+from ...choices import WAITING_FOR_READY
 from ...models import ContainerInstance
 from ...services.agent_credentials import (
     AgentSecrets,
@@ -36,7 +37,7 @@ from ...services.agent_credentials import (
     legacy_token,
 )
 from ..context import OperationContext
-from ..errors import StepError
+from ..errors import StepError, WaitLater
 from . import Step
 from .status import server_facts
 
@@ -206,9 +207,16 @@ def ask_game_to_stop(ctx: OperationContext, inst: ContainerInstance) -> None:
         agent.close()
 
 
-def wait_ready(ctx: OperationContext, agent: AgentClient) -> dict[str, Any]:
+def wait_ready(ctx: OperationContext, agent: AgentClient, *, reschedule: bool = False,
+               ) -> dict[str, Any]:
     """Ready = the agent reports provisioning complete and the game answering; an open TCP port
-    is not ready."""
+    is not ready. Bounded by READY_WAIT_SECONDS.
+
+    `reschedule`: the worker polls for READY_HOLD_SECONDS only; then the operation is queued
+    again (WaitLater, `WAITING_FOR_READY`) and each claim that comes back looks once, until
+    ready or the deadline kept on the operation passes — a game installing for minutes holds
+    no worker.
+    The flow must then resume here when `ctx.waiting` (it skips the steps before)."""
     def check():
         try:
             status = agent.status()
@@ -232,7 +240,15 @@ def wait_ready(ctx: OperationContext, agent: AgentClient) -> dict[str, Any]:
             return status
         return None
 
-    status = ctx.wait_for(check, timeout=settings.READY_WAIT_SECONDS,
-                          what="the server to become ready")
-    ctx.checkpoint(Step.READY, "server is ready")
+    what = "the server to become ready"
+    total = settings.READY_WAIT_SECONDS
+    hold = min(settings.READY_HOLD_SECONDS, total) if reschedule else total
+    status = check() if reschedule and ctx.waiting else ctx.poll(check, seconds=hold)
+    if status is None:
+        if ctx.wait_over or hold >= total:
+            raise StepError(f"timed out after {total:.0f}s waiting for {what}", retryable=True,
+                            kind="timeout")
+        raise WaitLater(f"waiting for {what}", key=WAITING_FOR_READY,
+                        delay=settings.READY_LOOK_SECONDS, timeout=total - hold)
+    ctx.checkpoint(Step.READY, "server is ready", wait_done=True)
     return status
