@@ -85,7 +85,6 @@ def claim(*, operation_id: Any, worker: str | None = None) -> OperationContext |
         operation_claim(operation_id=operation_id, worker=worker)
     except TransitionConflict:
         return None
-    # Read back with whether it started longer ago than the retry window (database clock).
     # Read back with whether it started longer ago than the retry window, and whether the wait
     # it is inside (if any) is over (database clock).
     op = Operation.objects.annotate(

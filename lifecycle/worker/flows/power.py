@@ -10,7 +10,7 @@ from ...clients.proxmox import PowerState
 from ...models import ContainerInstance
 from ..context import OperationContext
 from ..steps import RESTART_STOP_DONE, Step
-from ..steps.agent import agent_for, agent_session, wait_ready
+from ..steps.agent import agent_session, resume_wait_ready, wait_ready
 from ..steps.payload import provisioning_payload
 from ..steps.edge import publish_step, velocity_unregister_step
 from ..steps.proxmox import container_power, container_start, container_stop, proxmox
@@ -25,13 +25,7 @@ def start_steps(ctx: OperationContext, *, also: tuple[tuple[str, Any], ...] = ()
     `reschedule`: the wait for readiness queues the operation instead of holding the worker
     (wait_ready); a claim inside that wait (`ctx.waiting`) resumes at it."""
     if reschedule and ctx.waiting:
-        inst = ctx.instance()
-        agent = agent_for(inst)
-        try:
-            wait_ready(ctx, agent, reschedule=True)
-        finally:
-            agent.close()
-        publish_step(ctx, inst)
+        publish_step(ctx, resume_wait_ready(ctx))
         return
     pve = proxmox()
     inst = container_start(ctx, pve, ctx.instance())  # the fresh row: it may have moved

@@ -17,7 +17,7 @@ from ...models import Backup, ContainerInstance
 from ..context import OperationContext
 from ..steps import Step
 from ..errors import StepError
-from ..steps.agent import agent_for, agent_session, wait_ready
+from ..steps.agent import agent_session, resume_wait_ready, wait_ready
 from ..steps.backups import held_credentials
 from ..steps.edge import publish_step
 from ..steps.firewall import firewall_step
@@ -42,16 +42,8 @@ def _source(ctx: OperationContext) -> Backup | None:
 
 def run(ctx: OperationContext) -> None:
     begin(ctx, fields={"last_error": None})
-    if ctx.waiting:
-        # Back from the wait for readiness (queued while the game installs): everything before
-        # it is done; look again, then carry on. A wait that runs out is retried from the top.
-        inst = ctx.instance()
-        agent = agent_for(inst)
-        try:
-            wait_ready(ctx, agent, reschedule=True)
-        finally:
-            agent.close()
-        _publish_and_finish(ctx, inst)
+    if ctx.waiting:  # back from the wait for readiness, queued while the game installs
+        _publish_and_finish(ctx, resume_wait_ready(ctx))
         return
     pve = proxmox()
     source = _source(ctx)

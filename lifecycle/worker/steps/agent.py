@@ -252,3 +252,16 @@ def wait_ready(ctx: OperationContext, agent: AgentClient, *, reschedule: bool = 
                         delay=settings.READY_LOOK_SECONDS, timeout=total - hold)
     ctx.checkpoint(Step.READY, "server is ready", wait_done=True)
     return status
+
+
+def resume_wait_ready(ctx: OperationContext) -> ContainerInstance:
+    """A claim back inside the queued wait for readiness (`ctx.waiting`): every step before it
+    is done, so look once more (queued again if not ready yet); returns the fresh row. A wait
+    that runs out is retried from the top of the flow."""
+    inst = ctx.instance()
+    agent = agent_for(inst)
+    try:
+        wait_ready(ctx, agent, reschedule=True)
+    finally:
+        agent.close()
+    return inst
